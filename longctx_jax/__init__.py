@@ -1,0 +1,1 @@
+"""longctx-jax: a JAX/Flax research codebase for long-context language models."""

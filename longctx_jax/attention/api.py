@@ -1,0 +1,119 @@
+"""`attention()`: the one entry point; every implementation computes the same function.
+
+Implementations differ in cost only: `reference` (dense, O(T*S) memory), `blockwise` (pure-JAX
+online softmax with a recomputing backward, O(T+S) memory, empty tiles skipped), and `auto` (the
+best one for the backend). Inputs are checked here, on shapes and dtypes, before any compilation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from longctx_jax.attention.blockwise import blockwise_attention
+from longctx_jax.attention.mask import AttentionMask
+from longctx_jax.attention.reference import reference_attention, reference_weights
+
+IMPLEMENTATIONS = ("reference", "blockwise", "auto")
+PLANNED = ("pallas_tpu", "pallas_gpu")
+
+
+def attention(
+    q,
+    k,
+    v,
+    *,
+    mask: AttentionMask | None = None,
+    impl: str = "auto",
+    scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    alibi_slopes=None,
+):
+    """Multi-head attention with GQA/MQA, masks on positions, soft cap and ALiBi.
+
+    Args:
+      q: [batch, q_len, num_heads, head_dim].
+      k, v: [batch, kv_len, num_kv_heads, head_dim]; num_heads % num_kv_heads == 0.
+      mask: an `AttentionMask` (causal, window, segment ids, positions); None = all visible.
+      impl: "reference" | "blockwise" | "auto".
+      scale: logit scale, default 1 / sqrt(head_dim).
+      logits_soft_cap: c > 0 turns scaled logits s into c * tanh(s / c).
+      alibi_slopes: [num_heads]; adds -slope * (q_pos - kv_pos) to the logits.
+
+    Returns [batch, q_len, num_heads, head_dim] in q's dtype. A query that sees no key gets 0.
+    """
+    impl = _resolve_impl(impl)
+    resolved, scale = _prepare(q, k, v, mask, scale, logits_soft_cap, alibi_slopes)
+    kwargs = dict(scale=scale, soft_cap=logits_soft_cap, slopes=alibi_slopes)
+    if impl == "reference":
+        return reference_attention(q, k, v, resolved, **kwargs)
+    return blockwise_attention(q, k, v, resolved, **kwargs)
+
+
+def attention_weights(
+    q, k, v=None, *, mask=None, scale=None, logits_soft_cap=None, alibi_slopes=None
+):
+    """Attention probabilities [batch, num_heads, q_len, kv_len] (float32), for attention maps."""
+    v = k if v is None else v
+    resolved, scale = _prepare(q, k, v, mask, scale, logits_soft_cap, alibi_slopes)
+    return reference_weights(
+        q, k, v, resolved, scale=scale, soft_cap=logits_soft_cap, slopes=alibi_slopes
+    )
+
+
+def _resolve_impl(impl: str) -> str:
+    if impl in PLANNED:
+        raise ValueError(
+            f"impl={impl!r}: the Pallas kernels are not built yet; use one of {IMPLEMENTATIONS}"
+        )
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
+    if impl == "auto":
+        return "blockwise"  # Best on every backend until the Pallas kernels land.
+    return impl
+
+
+def _prepare(q, k, v, mask, scale, soft_cap, slopes):
+    """Validates every argument (ValueError naming it) and resolves the mask and scale."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(
+                f"{name} has shape {getattr(x, 'shape', None)}: expected 4 dims "
+                "[batch, len, heads, head_dim]"
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} has dtype {x.dtype}: expected a floating dtype")
+    b, t, n, h = q.shape
+    _, s, kh, _ = k.shape
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v dtypes {q.dtype}, {k.dtype}, {v.dtype}: expected one dtype")
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"batch sizes q={b}, k={k.shape[0]}, v={v.shape[0]}: expected equal")
+    if k.shape[3] != h:
+        raise ValueError(f"k head_dim={k.shape[3]}: expected q's head_dim {h}")
+    if v.shape != k.shape:
+        raise ValueError(f"v has shape {v.shape}: expected k's shape {k.shape}")
+    if kh < 1 or n % kh:
+        raise ValueError(
+            f"num_heads={n}, num_kv_heads={kh}: expected num_heads a multiple of num_kv_heads"
+        )
+    if scale is None:
+        scale = 1.0 / math.sqrt(h)
+    elif not isinstance(scale, int | float | np.floating) or not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r}: expected a finite float")
+    if soft_cap is not None and (
+        not isinstance(soft_cap, int | float | np.floating) or not soft_cap > 0
+    ):
+        raise ValueError(f"logits_soft_cap={soft_cap!r}: expected None or a float > 0")
+    if slopes is not None and tuple(getattr(slopes, "shape", ())) != (n,):
+        raise ValueError(
+            f"alibi_slopes has shape {getattr(slopes, 'shape', None)}: "
+            f"expected [num_heads] = ({n},)"
+        )
+    mask = AttentionMask() if mask is None else mask
+    if not isinstance(mask, AttentionMask):
+        raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
+    mask.validate(b, t, s)
+    return mask.resolved(b, t, s), float(scale)

@@ -1,0 +1,67 @@
+"""Dense reference attention: the whole [T, S] logit matrix, float32 softmax.
+
+Simple on purpose: this is the function every other implementation is tested against, and the one
+that returns attention probabilities for attention-map notebooks. Memory is O(T * S).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from longctx_jax.attention.logits import masked_logits
+from longctx_jax.attention.mask import ResolvedMask
+
+
+def split_heads(q_BTNH, num_kv_heads: int) -> jax.Array:
+    """[B, T, N, H] -> [B, K, G, T, H] with query head n = k * G + g (GQA groups)."""
+    b, t, n, h = q_BTNH.shape
+    return q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
+
+
+def merge_heads(x_BKGTH) -> jax.Array:
+    """[B, K, G, T, H] -> [B, T, K * G, H]."""
+    b, k, g, t, h = x_BKGTH.shape
+    return x_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, k * g, h)
+
+
+def reference_weights(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
+    """Attention probabilities [B, N, T, S] in float32; rows with no visible key are all 0."""
+    del v
+    num_kv_heads = k.shape[2]
+    q_BKGTH = split_heads(q, num_kv_heads)
+    k_BKSH = k.transpose(0, 2, 1, 3)
+    slopes_KG = None if slopes is None else slopes.reshape(num_kv_heads, -1)
+    parts = (
+        mask.causal,
+        mask.window,
+        mask.q_positions,
+        mask.kv_positions,
+        mask.q_segment_ids,
+        mask.kv_segment_ids,
+    )
+    s, ok = masked_logits(
+        q_BKGTH, k_BKSH, parts, scale=scale, soft_cap=soft_cap, slopes_KG=slopes_KG
+    )
+    row_max = jnp.max(s, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    p = jnp.where(ok, jnp.exp(s - row_max), 0.0)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = p / jnp.where(denom > 0, denom, 1.0)
+    b, kh, g, t, sl = p.shape
+    return p.reshape(b, kh * g, t, sl)
+
+
+def reference_attention(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
+    """Dense attention output [B, T, N, H] in q's dtype."""
+    num_kv_heads = k.shape[2]
+    p = reference_weights(q, k, v, mask, scale=scale, soft_cap=soft_cap, slopes=slopes)
+    b, n, t, s = p.shape
+    p_BKGTS = p.reshape(b, num_kv_heads, n // num_kv_heads, t, s)
+    out = jnp.einsum(
+        "bkgts,bksh->bkgth",
+        p_BKGTS.astype(v.dtype),
+        v.transpose(0, 2, 1, 3),
+        preferred_element_type=jnp.float32,
+    )
+    return merge_heads(out).astype(q.dtype)
