@@ -39,7 +39,6 @@ class _Static:
 
     causal: bool
     window: int | None
-    scale: float
     soft_cap: float | None
     kv_len: int  # unpadded key length; keys at index >= kv_len are padding
     block_kv: int
@@ -63,14 +62,16 @@ def blockwise_attention(
     bq, bkv = _block_size(block_q, t, "block_q"), _block_size(block_kv, s_len, "block_kv")
     nq, nkv = -(-t // bq), -(-s_len // bkv)
 
-    q_blk = _to_blocks(_pad(split_heads(q, num_kv), 3, nq * bq), 3, nq)  # [nq, B, K, G, bq, H]
+    # Scaling q once (O(L)) saves a pass over every [bq, bkv] tile; JAX differentiates it.
+    q_scaled = (q * jnp.asarray(scale, q.dtype)).astype(q.dtype)
+    q_blk = _to_blocks(_pad(split_heads(q_scaled, num_kv), 3, nq * bq), 3, nq)  # [nq,B,K,G,bq,H]
     k_blk = _to_blocks(_pad(k.transpose(0, 2, 1, 3), 2, nkv * bkv), 2, nkv)  # [nkv, B, K, bkv, H]
     v_blk = _to_blocks(_pad(v.transpose(0, 2, 1, 3), 2, nkv * bkv), 2, nkv)
     q_pos, q_seg = (_to_blocks(_pad(x, 1, nq * bq), 1, nq) for x in mask_q(mask))
     kv_pos, kv_seg = (_to_blocks(_pad(x, 1, nkv * bkv), 1, nkv) for x in mask_kv(mask))
     tiles = classify_tiles(mask.causal, mask.window, q_pos, q_seg, kv_pos, kv_seg, s_len, bkv)
 
-    static = _Static(mask.causal, mask.window, float(scale), soft_cap, s_len, bkv)
+    static = _Static(mask.causal, mask.window, soft_cap, s_len, bkv)
     slopes_KG = None if slopes is None else slopes.reshape(num_kv, n // num_kv)
     out_blk = _attend(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_seg, tiles)
     out = _from_blocks(out_blk, 3)[:, :, :, :t]
@@ -141,7 +142,7 @@ def _from_blocks(x, axis: int):
 
 def _tile_logits(static, q_i, k_j, slopes_KG, qp_i, qs_i, kp_j, ks_j, j, masked: bool):
     """(capped scores, logits with bias and -inf mask) for tile (i, j); float32 [B,K,G,bq,bkv]."""
-    capped = scores(q_i, k_j, scale=static.scale, soft_cap=static.soft_cap)
+    capped = scores(q_i, k_j, scale=1.0, soft_cap=static.soft_cap)
     s = capped if slopes_KG is None else capped + alibi_bias(slopes_KG, qp_i, kp_j)
     if masked:
         ok = tile_visible(static.causal, static.window, qp_i, kp_j, qs_i, ks_j)
@@ -241,7 +242,7 @@ def _attend_bwd(static, res, d_out):
             )
             if static.soft_cap is not None:
                 ds = ds * (1.0 - jnp.square(capped / static.soft_cap))
-            ds = (ds * static.scale).astype(q_i.dtype)
+            ds = ds.astype(q_i.dtype)
             dq = jnp.einsum("bkgts,bksh->bkgth", ds, k_j, preferred_element_type=jnp.float32)
             dk = jnp.einsum("bkgts,bkgth->bksh", ds, q_i, preferred_element_type=jnp.float32)
             return dq, dk, dv, d_slopes

@@ -17,7 +17,8 @@ from longctx_jax.attention.mask import visible
 def scores(q_BKGTH, k_BKSH, *, scale: float, soft_cap: float | None) -> jax.Array:
     """Scaled (and soft-capped) q.k in float32, before bias and mask."""
     s = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32)
-    s = s * scale
+    if scale != 1.0:
+        s = s * scale
     if soft_cap is not None:
         s = soft_cap * jnp.tanh(s / soft_cap)
     return s

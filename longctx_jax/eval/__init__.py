@@ -1,0 +1,1 @@
+"""Evaluation: cost models and measurements (FLOPs, time, memory), perplexity, retrieval."""

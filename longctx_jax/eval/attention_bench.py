@@ -1,0 +1,161 @@
+"""`longctx bench attention`: time and memory of attention implementations vs sequence length.
+
+For each length and implementation, forward and forward+backward are compiled once, their XLA
+temporaries read from the compiled memory analysis, and their best-of-n wall time measured. The
+machine's float32 matmul rate is measured in the same run, so each implementation's useful
+attention FLOP/s is reported as a fraction of what this machine can do at all. The dense XLA
+baseline is skipped (and says so) at lengths whose temporaries exceed the memory budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from longctx_jax.attention import AttentionMask, attention
+from longctx_jax.eval.cost import attention_flops, matmul_flops_per_second, temp_bytes, time_call
+
+MODES = ("fwd", "fwd+bwd")
+
+
+def attention_fn(impl: str, causal: bool):
+    """q, k, v -> output for `impl`: "xla" is jax.nn.dot_product_attention, else attention()."""
+    if impl == "xla":
+        return lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation="xla"
+        )
+    mask = AttentionMask(causal=causal)
+    return lambda q, k, v: attention(q, k, v, mask=mask, impl=impl)
+
+
+def forward_backward(fn):
+    """q, k, v, d_out -> (dq, dk, dv): one forward and one backward pass."""
+
+    def run(q, k, v, d_out):
+        _, pullback = jax.vjp(fn, q, k, v)
+        return pullback(d_out)
+
+    return run
+
+
+def default_memory_budget() -> int:
+    """Half of this machine's physical memory: the most a baseline may ask for."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def measure(impl, mode, length, *, batch, heads, head_dim, causal, dtype, budget, repeats):
+    """One row of the results table."""
+    keys = jax.random.split(jax.random.key(length), 4)
+    shape = (batch, length, heads, head_dim)
+    q, k, v, d_out = (jax.random.normal(key, shape, dtype) for key in keys)
+    fn = attention_fn(impl, causal)
+    args = (q, k, v) if mode == "fwd" else (q, k, v, d_out)
+    fn = fn if mode == "fwd" else forward_backward(fn)
+    compiled = jax.jit(fn).lower(*args).compile()
+    temps = temp_bytes(compiled)
+    row = dict(impl=impl, mode=mode, length=length, temp_bytes=temps, seconds=None)
+    if temps is not None and temps > budget:
+        row["skipped"] = f"needs {temps / 2**30:.1f} GiB of temporaries > budget"
+        return row
+    seconds = time_call(compiled, *args, repeats=repeats)
+    flops = attention_flops(
+        batch, length, length, heads, head_dim, causal=causal, backward=mode == "fwd+bwd"
+    )
+    row.update(seconds=seconds, flops_per_second=flops / seconds)
+    return row
+
+
+def run_benchmark(
+    lengths,
+    impls=("xla", "blockwise"),
+    *,
+    batch=1,
+    heads=8,
+    head_dim=64,
+    causal=True,
+    dtype=jnp.float32,
+    budget=None,
+    repeats=3,
+):
+    """Measures every (impl, mode, length); returns the results dict written to results.json."""
+    budget = default_memory_budget() if budget is None else budget
+    matmul_rate = matmul_flops_per_second(dtype=dtype)
+    rows = []
+    grid = [(length, impl, mode) for length in lengths for impl in impls for mode in MODES]
+    for length, impl, mode in tqdm(grid, desc="bench attention", unit="run"):
+        row = measure(
+            impl,
+            mode,
+            length,
+            batch=batch,
+            heads=heads,
+            head_dim=head_dim,
+            causal=causal,
+            dtype=dtype,
+            budget=budget,
+            repeats=repeats,
+        )
+        if row["seconds"] is not None:
+            row["fraction_of_matmul"] = row["flops_per_second"] / matmul_rate
+        rows.append(row)
+    _add_speedups(rows, baseline=impls[0])
+    setup = dict(
+        batch=batch,
+        heads=heads,
+        head_dim=head_dim,
+        causal=causal,
+        dtype=jnp.dtype(dtype).name,
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0]),
+        memory_budget_bytes=budget,
+        matmul_flops_per_second=matmul_rate,
+        baseline=impls[0],
+    )
+    return dict(setup=setup, rows=rows)
+
+
+def _add_speedups(rows, baseline):
+    """speedup = baseline seconds / seconds, for rows whose baseline ran at the same length."""
+    base = {(r["mode"], r["length"]): r["seconds"] for r in rows if r["impl"] == baseline}
+    for r in rows:
+        b = base.get((r["mode"], r["length"]))
+        if b is not None and r["seconds"] is not None:
+            r["speedup_vs_baseline"] = b / r["seconds"]
+
+
+def format_table(results) -> str:
+    """Plain-text table of the results."""
+    header = (
+        f"{'impl':<10} {'mode':<8} {'L':>6} {'time s':>9} {'GFLOP/s':>8} {'of mm':>6} "
+        f"{'speedup':>8} {'temp MiB':>9}"
+    )
+    rate = results["setup"]["matmul_flops_per_second"]
+    lines = [f"matmul rate: {rate / 1e9:.1f} GFLOP/s", header]
+    for r in results["rows"]:
+        temp = "-" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.0f}"
+        if r["seconds"] is None:
+            lines.append(f"{r['impl']:<10} {r['mode']:<8} {r['length']:>6} {r['skipped']}")
+            continue
+        speedup = r.get("speedup_vs_baseline")
+        lines.append(
+            f"{r['impl']:<10} {r['mode']:<8} {r['length']:>6} {r['seconds']:>9.3f} "
+            f"{r['flops_per_second'] / 1e9:>8.1f} {r['fraction_of_matmul']:>6.0%} "
+            f"{'-' if speedup is None else f'{speedup:.1f}x':>8} {temp:>9}"
+        )
+    return "\n".join(lines)
+
+
+def write_results(results, workdir) -> Path:
+    """Writes results.json and figure.png under workdir; returns the workdir."""
+    from longctx_jax.viz.bench import plot_attention_bench
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    plot_attention_bench(results, workdir / "figure.png")
+    return workdir

@@ -1,0 +1,1 @@
+"""Matplotlib figures written from experiments' results.json files."""
