@@ -227,11 +227,11 @@ def _attend_bwd(static, res, d_out):
                 static, q_i, k_j, slopes_KG, q_pos[i], q_seg[i], kp_j, ks_j, j, masked
             )
             p = jnp.exp(s - lse[i][..., None])
+            # dK and dV are accumulated transposed ([.., H, bkv]): the tile-sized operand (p, ds)
+            # then enters each matmul in its stored layout and only the small [bq, H] side is
+            # transposed.
             dv = jnp.einsum(
-                "bkgts,bkgth->bksh",
-                p.astype(do_i.dtype),
-                do_i,
-                preferred_element_type=jnp.float32,
+                "bkgth,bkgts->bkhs", do_i, p.astype(do_i.dtype), preferred_element_type=jnp.float32
             )
             dp = jnp.einsum("bkgth,bksh->bkgts", do_i, v_j, preferred_element_type=jnp.float32)
             ds = p * (dp - delta[i][..., None])
@@ -244,13 +244,13 @@ def _attend_bwd(static, res, d_out):
                 ds = ds * (1.0 - jnp.square(capped / static.soft_cap))
             ds = ds.astype(q_i.dtype)
             dq = jnp.einsum("bkgts,bksh->bkgth", ds, k_j, preferred_element_type=jnp.float32)
-            dk = jnp.einsum("bkgts,bkgth->bksh", ds, q_i, preferred_element_type=jnp.float32)
+            dk = jnp.einsum("bkgth,bkgts->bkhs", q_i, ds, preferred_element_type=jnp.float32)
             return dq, dk, dv, d_slopes
 
         def skip(i):
             zeros = lambda x: jnp.zeros(x.shape, jnp.float32)  # noqa: E731
             d_slopes = zeros(slopes_KG) if has_alibi else None
-            return zeros(dq_acc[0]), zeros(k_j), zeros(v_j), d_slopes
+            return zeros(dq_acc[0]), zeros(dk0), zeros(dv0), d_slopes
 
         def step(i, carry):
             dq_acc, dk, dv, d_slopes = carry
@@ -260,11 +260,12 @@ def _attend_bwd(static, res, d_out):
             d_slopes = None if d_slopes is None else d_slopes + ds_t
             return dq_acc, dk + dk_t, dv + dv_t, d_slopes
 
-        zeros_k = jnp.zeros(k_j.shape, jnp.float32)
-        zeros_v = jnp.zeros(v_j.shape, jnp.float32)
-        zeros_s = jnp.zeros(slopes_KG.shape, jnp.float32) if has_alibi else None
-        dq_acc, dk, dv, d_slopes = lax.fori_loop(0, nq, step, (dq_acc, zeros_k, zeros_v, zeros_s))
-        return dq_acc, (dk.astype(k_j.dtype), dv.astype(v_j.dtype), d_slopes)
+        dk0 = jnp.zeros(k_j.swapaxes(-1, -2).shape, jnp.float32)
+        dv0 = jnp.zeros(v_j.swapaxes(-1, -2).shape, jnp.float32)
+        ds0 = jnp.zeros(slopes_KG.shape, jnp.float32) if has_alibi else None
+        dq_acc, dk, dv, d_slopes = lax.fori_loop(0, nq, step, (dq_acc, dk0, dv0, ds0))
+        dk, dv = dk.swapaxes(-1, -2).astype(k_j.dtype), dv.swapaxes(-1, -2).astype(v_j.dtype)
+        return dq_acc, (dk, dv, d_slopes)
 
     dq0 = jnp.zeros(q_blk.shape, jnp.float32)
     idx = jnp.arange(k_blk.shape[0])
