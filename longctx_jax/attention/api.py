@@ -8,6 +8,7 @@ best one for the backend). Inputs are checked here, on shapes and dtypes, before
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax.numpy as jnp
 import numpy as np
@@ -99,14 +100,16 @@ def _prepare(q, k, v, mask, scale, soft_cap, slopes):
         raise ValueError(
             f"num_heads={n}, num_kv_heads={kh}: expected num_heads a multiple of num_kv_heads"
         )
+    if t < 1 or s < 1:
+        raise ValueError(f"q_len={t}, kv_len={s}: expected at least one query and one key")
     if scale is None:
         scale = 1.0 / math.sqrt(h)
-    elif not isinstance(scale, int | float | np.floating) or not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r}: expected a finite float")
+    elif not _is_real(scale) or not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r}: expected a finite Python float")
     if soft_cap is not None and (
-        not isinstance(soft_cap, int | float | np.floating) or not soft_cap > 0
+        not _is_real(soft_cap) or not math.isfinite(soft_cap) or not soft_cap > 0
     ):
-        raise ValueError(f"logits_soft_cap={soft_cap!r}: expected None or a float > 0")
+        raise ValueError(f"logits_soft_cap={soft_cap!r}: expected None or a finite float > 0")
     if slopes is not None and tuple(getattr(slopes, "shape", ())) != (n,):
         raise ValueError(
             f"alibi_slopes has shape {getattr(slopes, 'shape', None)}: "
@@ -117,3 +120,8 @@ def _prepare(q, k, v, mask, scale, soft_cap, slopes):
         raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
     mask.validate(b, t, s)
     return mask.resolved(b, t, s), float(scale)
+
+
+def _is_real(x) -> bool:
+    """A Python or numpy real number (a static value), not a bool and not a traced array."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_)

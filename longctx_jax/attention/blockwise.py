@@ -28,7 +28,7 @@ from longctx_jax.attention.mask import ResolvedMask
 from longctx_jax.attention.reference import merge_heads, split_heads
 
 DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_KV = 512
+DEFAULT_BLOCK_KV = 256
 
 EMPTY, FULL, PARTIAL = 0, 1, 2
 
@@ -140,9 +140,9 @@ def _from_blocks(x, axis: int):
     return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
 
 
-def _tile_logits(static, q_i, k_j, slopes_KG, qp_i, qs_i, kp_j, ks_j, j, masked: bool):
+def _tile_logits(static, q_i, kT_j, slopes_KG, qp_i, qs_i, kp_j, ks_j, j, masked: bool):
     """(capped scores, logits with bias and -inf mask) for tile (i, j); float32 [B,K,G,bq,bkv]."""
-    capped = scores(q_i, k_j, scale=1.0, soft_cap=static.soft_cap)
+    capped = scores(q_i, kT_j, scale=1.0, soft_cap=static.soft_cap)
     s = capped if slopes_KG is None else capped + alibi_bias(slopes_KG, qp_i, kp_j)
     if masked:
         ok = tile_visible(static.causal, static.window, qp_i, kp_j, qs_i, ks_j)
@@ -156,6 +156,7 @@ def _tile_logits(static, q_i, k_j, slopes_KG, qp_i, qs_i, kp_j, ks_j, j, masked:
 def _forward(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_seg, tiles):
     """Online-softmax forward; returns (out blocks in q's dtype, lse blocks float32)."""
     nkv = k_blk.shape[0]
+    kT_blk = k_blk.swapaxes(-1, -2)  # [nkv, B, K, H, bkv], transposed once rather than per tile
 
     def one_query_block(args):
         i, q_i, qp_i, qs_i = args
@@ -167,7 +168,7 @@ def _forward(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_se
         def tile(masked, j, carry):
             m, l, acc = carry
             _, s = _tile_logits(
-                static, q_i, k_blk[j], slopes_KG, qp_i, qs_i, kv_pos[j], kv_seg[j], j, masked
+                static, q_i, kT_blk[j], slopes_KG, qp_i, qs_i, kv_pos[j], kv_seg[j], j, masked
             )
             m_new = jnp.maximum(m, s.max(-1))
             m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
@@ -191,7 +192,8 @@ def _forward(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_se
             return lax.switch(tiles[i, j], branches, j, carry)
 
         m, l, acc = lax.fori_loop(0, nkv, step, (m0, l0, acc0))
-        seen = l > 0
+        # A row saw a key iff its running max left -inf (NaN inputs stay NaN, as in the reference).
+        seen = ~jnp.isneginf(m)
         out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
         lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
         return out.astype(q_i.dtype), lse
@@ -217,23 +219,28 @@ def _attend_bwd(static, res, d_out):
     # D_i = rowsum(dO * O): the softmax-gradient correction, float32.
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     has_alibi = slopes_KG is not None
+    # Every matmul below reads its tile-sized operand (p, ds) in stored layout; the small [.., H]
+    # operands are transposed once, outside the tile loops, and dK, dV accumulate as [.., H, bkv].
+    qT_blk = jnp.moveaxis(q_blk, -1, 3)  # [nq, B, K, H, G, bq]
+    doT_blk = jnp.moveaxis(d_out, -1, 3)
 
     def one_key_block(dq_acc, args):
         j, k_j, v_j, kp_j, ks_j = args
+        kT_j, vT_j = k_j.swapaxes(-1, -2), v_j.swapaxes(-1, -2)
 
         def tile(masked, i):
             q_i, do_i = q_blk[i], d_out[i]
             capped, s = _tile_logits(
-                static, q_i, k_j, slopes_KG, q_pos[i], q_seg[i], kp_j, ks_j, j, masked
+                static, q_i, kT_j, slopes_KG, q_pos[i], q_seg[i], kp_j, ks_j, j, masked
             )
             p = jnp.exp(s - lse[i][..., None])
-            # dK and dV are accumulated transposed ([.., H, bkv]): the tile-sized operand (p, ds)
-            # then enters each matmul in its stored layout and only the small [bq, H] side is
-            # transposed.
             dv = jnp.einsum(
-                "bkgth,bkgts->bkhs", do_i, p.astype(do_i.dtype), preferred_element_type=jnp.float32
+                "bkhgt,bkgts->bkhs",
+                doT_blk[i],
+                p.astype(do_i.dtype),
+                preferred_element_type=jnp.float32,
             )
-            dp = jnp.einsum("bkgth,bksh->bkgts", do_i, v_j, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bkgth,bkhs->bkgts", do_i, vT_j, preferred_element_type=jnp.float32)
             ds = p * (dp - delta[i][..., None])
             d_slopes = (
                 jnp.sum(ds * alibi_bias(jnp.ones_like(slopes_KG), q_pos[i], kp_j), (0, 3, 4))
@@ -244,7 +251,7 @@ def _attend_bwd(static, res, d_out):
                 ds = ds * (1.0 - jnp.square(capped / static.soft_cap))
             ds = ds.astype(q_i.dtype)
             dq = jnp.einsum("bkgts,bksh->bkgth", ds, k_j, preferred_element_type=jnp.float32)
-            dk = jnp.einsum("bkgth,bkgts->bkhs", q_i, ds, preferred_element_type=jnp.float32)
+            dk = jnp.einsum("bkhgt,bkgts->bkhs", qT_blk[i], ds, preferred_element_type=jnp.float32)
             return dq, dk, dv, d_slopes
 
         def skip(i):

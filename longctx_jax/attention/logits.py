@@ -3,7 +3,8 @@
 Order of operations (the definition every implementation follows):
   s = scale * q.k;  s = cap * tanh(s / cap) if a soft cap is set;  s += -slope * (q_pos - kv_pos)
   (ALiBi, from positions);  s = -inf where the mask hides the key.
-Layouts: q [B, K, G, T, H] (query head n = k * G + g), k [B, K, S, H]; logits [B, K, G, T, S].
+Layouts: q [B, K, G, T, H] (query head n = k * G + g), k transposed [B, K, H, S] (so the matmul
+reads both operands in their stored layout); logits [B, K, G, T, S].
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import jax.numpy as jnp
 from longctx_jax.attention.mask import visible
 
 
-def scores(q_BKGTH, k_BKSH, *, scale: float, soft_cap: float | None) -> jax.Array:
+def scores(q_BKGTH, kT_BKHS, *, scale: float, soft_cap: float | None) -> jax.Array:
     """Scaled (and soft-capped) q.k in float32, before bias and mask."""
-    s = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32)
+    s = jnp.einsum("bkgth,bkhs->bkgts", q_BKGTH, kT_BKHS, preferred_element_type=jnp.float32)
     if scale != 1.0:
         s = s * scale
     if soft_cap is not None:
@@ -43,10 +44,10 @@ def tile_visible(causal, window, q_pos_BT, kv_pos_BS, q_seg_BT, kv_seg_BS) -> ja
     return ok[:, None, None]
 
 
-def masked_logits(q_BKGTH, k_BKSH, mask_parts, *, scale, soft_cap, slopes_KG):
+def masked_logits(q_BKGTH, kT_BKHS, mask_parts, *, scale, soft_cap, slopes_KG):
     """Full logits for a tile: returns (logits with -inf where hidden, visibility)."""
     causal, window, q_pos, kv_pos, q_seg, kv_seg = mask_parts
-    s = scores(q_BKGTH, k_BKSH, scale=scale, soft_cap=soft_cap)
+    s = scores(q_BKGTH, kT_BKHS, scale=scale, soft_cap=soft_cap)
     if slopes_KG is not None:
         s = s + alibi_bias(slopes_KG, q_pos, kv_pos)
     ok = tile_visible(causal, window, q_pos, kv_pos, q_seg, kv_seg)

@@ -52,6 +52,10 @@ class AttentionMask:
         ):
             if value is None:
                 continue
+            if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                raise ValueError(
+                    f"mask.{name} is a {type(value).__name__}: expected an integer array"
+                )
             if tuple(value.shape) != (batch, length):
                 raise ValueError(
                     f"mask.{name} has shape {tuple(value.shape)}: expected [batch, len] = "

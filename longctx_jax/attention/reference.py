@@ -30,7 +30,7 @@ def reference_weights(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
     del v
     num_kv_heads = k.shape[2]
     q_BKGTH = split_heads(q, num_kv_heads)
-    k_BKSH = k.transpose(0, 2, 1, 3)
+    kT_BKHS = k.transpose(0, 2, 3, 1)
     slopes_KG = None if slopes is None else slopes.reshape(num_kv_heads, -1)
     parts = (
         mask.causal,
@@ -41,7 +41,7 @@ def reference_weights(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
         mask.kv_segment_ids,
     )
     s, ok = masked_logits(
-        q_BKGTH, k_BKSH, parts, scale=scale, soft_cap=soft_cap, slopes_KG=slopes_KG
+        q_BKGTH, kT_BKHS, parts, scale=scale, soft_cap=soft_cap, slopes_KG=slopes_KG
     )
     row_max = jnp.max(s, axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
