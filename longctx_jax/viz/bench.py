@@ -12,9 +12,15 @@ def plot_attention_bench(results, path) -> None:
     """Two panels (time, memory); one line per (implementation, mode); skipped points omitted."""
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
     series = sorted({(r["impl"], r["mode"]) for r in results["rows"]})
+    impls = sorted({impl for impl, _ in series})
     for impl, mode in series:
         rows = [r for r in results["rows"] if (r["impl"], r["mode"]) == (impl, mode)]
-        style = dict(marker="o", linestyle="-" if mode == "fwd" else "--", label=f"{impl} {mode}")
+        style = dict(
+            marker="o",
+            color=f"C{impls.index(impl)}",
+            linestyle="-" if mode == "fwd" else "--",
+            label=f"{impl} {mode}",
+        )
         timed = [r for r in rows if r["seconds"] is not None]
         ax_time.plot([r["length"] for r in timed], [r["seconds"] for r in timed], **style)
         sized = [r for r in rows if r["temp_bytes"] is not None]
