@@ -31,7 +31,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/longctx bench attention --lengths=1024,2048,4096 --repeats=2 --workdir=runs/bench_attention_demo
+	$(VENV)/bin/longctx bench attention --lengths=1024,2048,4096,8192 --repeats=2 --workdir=runs/bench_attention_demo
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _LENGTHS = flags.DEFINE_list(
     "lengths", ["1024", "2048", "4096", "8192", "16384", "32768"], "Sequence lengths to measure."
@@ -34,6 +34,7 @@ def bench_attention() -> None:
 
 
 def main(argv) -> None:
+    logging.set_verbosity(logging.WARNING)
     args = argv[1:]
     if len(args) != 2 or args[0] not in COMMANDS or args[1] not in COMMANDS[args[0]]:
         usage = ", ".join(f"{c} {s}" for c, subs in COMMANDS.items() for s in subs)
