@@ -1,21 +1,56 @@
-"""`longctx` command line: `longctx bench attention [--lengths=...] [--workdir=...]`."""
+"""`longctx` command line.
+
+longctx train --config configs/quickstart.py --workdir runs/x [--config.KEY=VALUE ...]
+longctx bench attention [--lengths=1024,2048] [--impls=xla,blockwise] [--workdir=...]
+"""
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+import sys
 
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (runs/<name>).")
 _LENGTHS = flags.DEFINE_list(
-    "lengths", ["1024", "2048", "4096", "8192", "16384", "32768"], "Sequence lengths to measure."
+    "lengths", ["1024", "2048", "4096", "8192", "16384", "32768"], "bench: sequence lengths."
 )
 _IMPLS = flags.DEFINE_list(
-    "impls", ["xla", "blockwise"], "Implementations; the first is the baseline for speedups."
+    "impls", ["xla", "blockwise"], "bench: implementations; the first is the speedup baseline."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/bench_<what>).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions per measurement (best is kept).")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Head dimension.")
-_HEADS = flags.DEFINE_integer("heads", 8, "Number of heads.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "bench: timed repetitions (best is kept).")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
+_HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
 
-COMMANDS = {"bench": ("attention",)}
+COMMANDS = ("train", "bench attention")
+
+
+def train() -> None:
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("train needs --config=configs/<name>.py and --workdir=<dir>")
+    config = _CONFIG.value
+    if config.distributed.enabled:
+        import jax
+
+        jax.distributed.initialize(
+            coordinator_address=config.distributed.coordinator_address,
+            num_processes=config.distributed.num_processes,
+            process_id=config.distributed.process_id,
+        )
+    from longctx_jax.train.checkpointing import CheckpointError
+    from longctx_jax.train.loop import NonFiniteLossError
+    from longctx_jax.train.loop import train as run_training
+
+    try:
+        last = run_training(config, _WORKDIR.value)
+    except (NonFiniteLossError, CheckpointError, ValueError) as error:
+        print(f"longctx train: {error}", file=sys.stderr)
+        sys.exit(1)
+    if last:
+        print(f"step metrics: loss {last['loss']:.4f}, {last['tokens_per_second']:.0f} tokens/s")
 
 
 def bench_attention() -> None:
@@ -35,11 +70,13 @@ def bench_attention() -> None:
 
 def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
-    args = argv[1:]
-    if len(args) != 2 or args[0] not in COMMANDS or args[1] not in COMMANDS[args[0]]:
-        usage = ", ".join(f"{c} {s}" for c, subs in COMMANDS.items() for s in subs)
-        raise app.UsageError(f"unknown command {' '.join(args)!r}; expected one of: {usage}")
-    bench_attention()
+    command = " ".join(argv[1:])
+    if command == "train":
+        train()
+    elif command == "bench attention":
+        bench_attention()
+    else:
+        raise app.UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
 
 
 def run() -> None:

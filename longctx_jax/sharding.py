@@ -1,0 +1,85 @@
+"""Device mesh from the config and the logical-axis rules that map model axes onto it.
+
+Model code names its axes logically (`batch`, `length`, `embed`, `heads`, ...); the config's
+`mesh.logical_axis_rules` says which mesh axis (`data`, `fsdp`, `tensor`, `sequence`) shards each
+one. Changing a parallelism strategy is a rule change, never a model change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+
+# Logical axis -> mesh axis (or axes). `length` rides on `sequence` (context parallelism); `embed`
+# on `fsdp` (parameters sharded ZeRO-3 style); heads / mlp / vocab on `tensor` (Megatron style).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", "sequence"),
+    ("kv_length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+def mesh_shape(mesh_config) -> tuple[int, ...]:
+    """(data, fsdp, tensor, sequence) sizes, validated against the available devices."""
+    shape = tuple(int(mesh_config[name]) for name in MESH_AXES)
+    for name, size in zip(MESH_AXES, shape, strict=True):
+        if size < 1:
+            raise ValueError(f"mesh.{name}={size}: expected a positive number of devices")
+    needed, available = math.prod(shape), jax.device_count()
+    if needed > available:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {needed} devices; "
+            f"only {available} are available"
+        )
+    return shape
+
+
+def make_mesh(mesh_config) -> Mesh:
+    """A Mesh over the first prod(sizes) devices, axes named as in MESH_AXES."""
+    shape = mesh_shape(mesh_config)
+    devices = jax.devices()[: math.prod(shape)]
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def logical_rules(mesh_config) -> tuple:
+    """The config's rules as the tuple-of-pairs form flax expects."""
+    rules = mesh_config.get("logical_axis_rules", None) or DEFAULT_RULES
+    out = []
+    for logical, physical in rules:
+        axes = physical if isinstance(physical, tuple | list) else (physical,)
+        for axis in axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ValueError(
+                    f"mesh.logical_axis_rules: {logical!r} -> {axis!r}: expected mesh axes "
+                    f"from {MESH_AXES} or None"
+                )
+        out.append((logical, tuple(physical) if isinstance(physical, list) else physical))
+    return tuple(out)
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules):
+    """NamedShardings for a (possibly abstract) pytree whose leaves carry logical axis names."""
+    specs = nn.get_partition_spec(abstract_state)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+    """How a [batch, length] input array is laid out: batch over data axes, length by the rules."""
+    spec = nn.logical_to_mesh_axes(("batch", "length"), rules)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

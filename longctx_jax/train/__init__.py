@@ -1,0 +1,1 @@
+"""Training: sharded state, the pure train step, orbax checkpoints, metrics, the loop."""
