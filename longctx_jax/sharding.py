@@ -70,9 +70,24 @@ def logical_rules(mesh_config) -> tuple:
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules):
-    """NamedShardings for a (possibly abstract) pytree whose leaves carry logical axis names."""
+    """NamedShardings for a (possibly abstract) pytree whose leaves carry logical axis names.
+
+    Raises ValueError naming the parameter when a dimension does not divide by its mesh axes.
+    """
     specs = nn.get_partition_spec(abstract_state)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+    leaves = jax.tree_util.tree_leaves_with_path(nn.unbox(abstract_state))
+    for (path, leaf), named in zip(leaves, jax.tree.leaves(shardings), strict=True):
+        for dim, axes in zip(leaf.shape, named.spec, strict=False):
+            axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+            ways = math.prod(mesh.shape[a] for a in axes)
+            if dim % ways:
+                raise ValueError(
+                    f"{jax.tree_util.keystr(path)} has shape {leaf.shape}: a dimension of size "
+                    f"{dim} is sharded over mesh axes {axes} ({ways} devices); choose mesh sizes "
+                    "that divide it (or change mesh.logical_axis_rules)"
+                )
+    return shardings
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

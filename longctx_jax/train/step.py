@@ -65,5 +65,5 @@ def train_step(state: TrainState, batch, *, model, optimizer, num_buckets: int):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

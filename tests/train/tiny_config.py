@@ -1,0 +1,31 @@
+"""A tiny training config for tests (seconds per run on a CPU), and reading back a checkpoint."""
+
+import orbax.checkpoint as ocp
+
+from longctx_jax.config import base_config
+
+
+def tiny_config(steps=4, **mesh):
+    config = base_config()
+    config.model.num_layers = 2
+    config.model.embed_dim = 64
+    config.model.num_heads = 4
+    config.model.num_kv_heads = 2
+    config.model.head_dim = 16
+    config.model.mlp_dim = 128
+    config.data.seq_len = 64
+    config.data.batch_size = 8
+    config.data.prefetch_batches = 0
+    config.train.steps = steps
+    config.train.warmup_steps = 2
+    config.train.checkpoint_every = 2
+    for axis, size in mesh.items():
+        config.mesh[axis] = size
+    return config
+
+
+def checkpointed_params(workdir, step):
+    """The parameters saved at `step` under workdir/checkpoints, as host arrays."""
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"]
