@@ -1,0 +1,66 @@
+"""Data: byte corpora on grain, length distributions, packing, and the passkey task.
+
+    config = default_data_config()          # a ConfigDict; validate_data_config(config)
+    it = make_train_iterator(config)        # grain DatasetIterator of batches; get_state/set_state
+    batch = next(it)                        # tokens, targets, weights, segment_ids, positions
+    evals = make_eval_batches(config)       # the validation split, deterministic
+    example = make_passkey_example(seed=0, length=1024, depth=0.5)
+
+Batches are dicts of [batch, seq_len] numpy arrays (int32; weights float32), described in
+`packing`. Tokens are bytes (`VOCAB_SIZE` = 256).
+"""
+
+from longctx_jax.data.config import (
+    LENGTH_DISTRIBUTIONS,
+    PROCESS_SHARDINGS,
+    SOURCES,
+    default_data_config,
+    validate_data_config,
+)
+from longctx_jax.data.lengths import LengthDistribution, sample_power_law_length
+from longctx_jax.data.packing import ROW_KEYS, finalize_row, pack_documents
+from longctx_jax.data.passkey import (
+    PasskeyExample,
+    make_passkey_example,
+    passkey_dataset,
+    score,
+)
+from longctx_jax.data.pipeline import make_eval_batches, make_train_dataset, make_train_iterator
+from longctx_jax.data.sources import (
+    ByteFileSource,
+    document_dataset,
+    document_source,
+    folder_files,
+    split_files,
+    stdlib_files,
+)
+from longctx_jax.data.vocab import VOCAB_SIZE, decode, encode
+
+__all__ = [
+    "LENGTH_DISTRIBUTIONS",
+    "PROCESS_SHARDINGS",
+    "ROW_KEYS",
+    "SOURCES",
+    "VOCAB_SIZE",
+    "ByteFileSource",
+    "LengthDistribution",
+    "PasskeyExample",
+    "decode",
+    "default_data_config",
+    "document_dataset",
+    "document_source",
+    "encode",
+    "finalize_row",
+    "folder_files",
+    "make_eval_batches",
+    "make_passkey_example",
+    "make_train_dataset",
+    "make_train_iterator",
+    "pack_documents",
+    "passkey_dataset",
+    "sample_power_law_length",
+    "score",
+    "split_files",
+    "stdlib_files",
+    "validate_data_config",
+]

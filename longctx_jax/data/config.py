@@ -1,0 +1,113 @@
+"""The data config: `default_data_config()` and `validate_data_config()`.
+
+Fields (defaults in `default_data_config`):
+  source               "stdlib": the Python standard library's own .py files;
+                       "folder": the files matching `folder_glob`.
+  folder_glob          glob pattern (`**` recurses) of text files, used when source == "folder".
+  stdlib_include_tests include the stdlib's test folders (test/, tests/, idle_test/); off by default
+                       so the corpus is library code and the same on distributions that strip them.
+  validation_fraction  fraction of files (by a stable hash of the relative path) held out.
+  seq_len              tokens per packed row.
+  batch_size           global rows per step; each of the processes gets batch_size / process_count.
+  seed                 shuffle order and length-distribution crops.
+  length_distribution  "as_is" | "truncated" (cap at max_doc_len) | "power_law" (crop to a length
+                       drawn from p(L) ~ L^-power_law_alpha on [min_doc_len, max_doc_len]).
+  min_doc_len, max_doc_len, power_law_alpha   parameters of the above.
+  document_masking     True: one segment per document in a row, positions restart per document;
+                       False: one segment per row, positions 0..seq_len-1 (the no-masking baseline).
+  process_sharding     "source": each process reads its own documents (doc i goes to process
+                       i % count); "batch": each process builds the global stream and keeps its
+                       rows of every global batch, so batches and iterator states do not depend on
+                       the process count.
+  read_threads         threads reading and cropping documents (grain ReadOptions.num_threads;
+                       0: in the thread making batches, the fastest for the page-cached stdlib).
+  prefetch_batches     batches prepared ahead in a background thread (0: none).
+"""
+
+from numbers import Integral, Real
+
+import ml_collections
+
+SOURCES = ("stdlib", "folder")
+LENGTH_DISTRIBUTIONS = ("as_is", "truncated", "power_law")
+PROCESS_SHARDINGS = ("source", "batch")
+
+
+def default_data_config():
+    """The default data config: stdlib corpus, 512-token rows, 8 rows per step, documents as-is."""
+    return ml_collections.ConfigDict(
+        {
+            "source": "stdlib",
+            "folder_glob": "",
+            "stdlib_include_tests": False,
+            "validation_fraction": 0.05,
+            "seq_len": 512,
+            "batch_size": 8,
+            "seed": 0,
+            "length_distribution": "as_is",
+            "min_doc_len": 64,
+            "max_doc_len": 4096,
+            "power_law_alpha": 1.0,
+            "document_masking": True,
+            "process_sharding": "source",
+            "read_threads": 0,
+            "prefetch_batches": 2,
+        }
+    )
+
+
+def _is_int(value):
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _fail(name, value, expected):
+    raise ValueError(f"data.{name}={value!r}: expected {expected}")
+
+
+def _check_int(config, name, minimum):
+    value = config[name]
+    if not _is_int(value) or value < minimum:
+        _fail(name, value, f"an integer >= {minimum}")
+
+
+def _check_choice(config, name, choices):
+    if config[name] not in choices:
+        _fail(name, config[name], f"one of {choices}")
+
+
+def validate_data_config(config):
+    """Raises ValueError naming the field, its value and what was expected; returns the config."""
+    missing = sorted(set(default_data_config()) - set(config))
+    if missing:
+        raise ValueError(f"data config: missing fields {missing}; start from default_data_config()")
+    _check_choice(config, "source", SOURCES)
+    if config.source == "folder" and (
+        not isinstance(config.folder_glob, str) or not config.folder_glob
+    ):
+        _fail("folder_glob", config.folder_glob, 'a non-empty glob pattern when source="folder"')
+    for name in ("stdlib_include_tests", "document_masking"):
+        if not isinstance(config[name], bool):
+            _fail(name, config[name], "a bool")
+    fraction = config.validation_fraction
+    if not _is_real(fraction) or not 0.0 <= fraction < 1.0:
+        _fail("validation_fraction", fraction, "a number in [0, 1)")
+    _check_int(config, "seq_len", 2)
+    _check_int(config, "batch_size", 1)
+    if not _is_int(config.seed) or not 0 <= config.seed < 2**32:
+        _fail("seed", config.seed, "an integer in [0, 2**32)")
+    _check_choice(config, "length_distribution", LENGTH_DISTRIBUTIONS)
+    _check_int(config, "min_doc_len", 1)
+    _check_int(config, "max_doc_len", 1)
+    if config.max_doc_len < config.min_doc_len:
+        _fail("max_doc_len", config.max_doc_len, f">= min_doc_len={config.min_doc_len}")
+    alpha = config.power_law_alpha
+    if not _is_real(alpha) or not 0.0 <= alpha < float("inf"):
+        _fail("power_law_alpha", alpha, "a finite number >= 0")
+    _check_choice(config, "process_sharding", PROCESS_SHARDINGS)
+    _check_int(config, "read_threads", 0)
+    _check_int(config, "prefetch_batches", 0)
+    return config
