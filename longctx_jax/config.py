@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 1
     config.train.checkpoint_every = 200
     config.train.keep_checkpoints = 2
+    # A workdir whose newest checkpoint's parameters start this run (fine-tuning); the optimizer
+    # state and step start fresh. Ignored once this run has checkpoints of its own.
+    config.train.init_from = ""
 
     # Devices per mesh axis; their product is the number of devices used.
     config.mesh = ml_collections.ConfigDict()

@@ -64,6 +64,30 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
     return restored["state"], step
 
 
+def restore_params_from(workdir, abstract_state):
+    """Parameters of the newest checkpoint under another run's workdir (e.g. to fine-tune).
+
+    `abstract_state` is this run's abstract state: the other run must have the same parameter
+    and optimizer-state structure (same model and optimizer; other settings may differ).
+    """
+    manager = make_manager(workdir, keep=1)
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"train.init_from={str(workdir)!r} has no checkpoint to start from")
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot load parameters from {manager.directory} step {step}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    finally:
+        manager.close()
+    return restored["state"].params
+
+
 def abstract_with_shardings(abstract_state, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings

@@ -99,6 +99,9 @@ def train(config, workdir) -> dict:
     restored, start = checkpointing.restore_latest(manager, abstract, data)
     if restored is not None:
         state = restored
+    elif config.train.init_from:
+        params = checkpointing.restore_params_from(config.train.init_from, abstract)
+        state = state.replace(params=params)
 
     batch_sharding = sharding.batch_sharding(mesh, rules)
     num_buckets = num_position_buckets(config.data.seq_len)

@@ -1,0 +1,88 @@
+"""Position extrapolation: train short with RoPE, ALiBi and NoPE; evaluate at 1x..8x the length.
+
+The RoPE model is also evaluated with eval-time PI (linear), NTK, dynamic NTK and YaRN (same
+weights, rescaled frequencies), and fine-tuned briefly at 2x length with PI and with YaRN.
+
+  longctx ablate --config configs/ablations/position_extrapolation.py:demo   # make demo, ~5 min
+  longctx ablate --config configs/ablations/position_extrapolation.py        # full, see README
+
+Expected (as the papers report): plain RoPE's perplexity blows up past the training length, ALiBi
+stays nearly flat, eval-time YaRN degrades far less than PI without fine-tuning, and a short
+fine-tune at 2x repairs PI and YaRN at 2x.
+"""
+
+import ml_collections
+
+from longctx_jax.config import base_config
+
+# Train length, train steps, model size, batch, evaluation lengths (x train length), fine-tune steps.
+SIZES = {
+    "demo": dict(seq_len=64, steps=150, layers=2, width=96, batch=16, multiples=(1, 2, 4, 8), ft=40),
+    "full": dict(
+        seq_len=256, steps=2000, layers=4, width=256, batch=16, multiples=(1, 2, 4, 8), ft=200
+    ),
+}
+
+
+def baseline(size):
+    s = SIZES[size]
+    config = base_config()
+    config.model.num_layers = s["layers"]
+    config.model.embed_dim = s["width"]
+    config.model.num_heads = 4
+    config.model.num_kv_heads = 4
+    config.model.head_dim = s["width"] // 4
+    config.model.mlp_dim = 4 * s["width"]
+    config.data.seq_len = s["seq_len"]
+    config.data.batch_size = s["batch"]
+    config.train.steps = s["steps"]
+    config.train.warmup_steps = s["steps"] // 10
+    config.train.checkpoint_every = s["steps"]
+    return config
+
+
+def variant(config, *changes):
+    return ml_collections.ConfigDict(dict(config=config, changes=changes))
+
+
+def get_config(size="full"):
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
+    s = SIZES[size]
+    ablation = ml_collections.ConfigDict()
+    ablation.name = f"position_extrapolation_{size}"
+    ablation.experiment = "position_extrapolation"
+    ablation.baseline = baseline(size)
+    ablation.eval_multiples = s["multiples"]
+    ablation.eval_rope_kinds = ("linear", "ntk", "dynamic", "yarn")
+
+    rope = baseline(size)
+    alibi = baseline(size)
+    alibi.model.position.kind = "alibi"
+    nope = baseline(size)
+    nope.model.position.kind = "nope"
+    variants = dict(
+        rope=variant(rope),
+        alibi=variant(alibi, "model.position.kind"),
+        nope=variant(nope, "model.position.kind"),
+    )
+    # Short fine-tunes at 2x length from the RoPE checkpoint ("@rope": that variant's workdir).
+    for kind in ("linear", "yarn"):
+        tuned = baseline(size)
+        tuned.model.position.rope_kind = kind
+        tuned.model.position.rope_scaling.factor = 2.0
+        changes = ["model.position.rope_kind", "model.position.rope_scaling.factor"]
+        if kind == "yarn":
+            tuned.model.position.rope_scaling.original_max_position_embeddings = s["seq_len"]
+            changes.append("model.position.rope_scaling.original_max_position_embeddings")
+        tuned.data.seq_len = 2 * s["seq_len"]
+        tuned.data.batch_size = s["batch"] // 2  # same tokens per step
+        tuned.train.steps = s["ft"]
+        tuned.train.warmup_steps = s["ft"] // 10
+        tuned.train.checkpoint_every = s["ft"]
+        tuned.train.init_from = "@rope"
+        changes += ["data.seq_len", "data.batch_size", "train.steps", "train.warmup_steps"]
+        changes += ["train.checkpoint_every", "train.init_from"]
+        variants[f"{'pi' if kind == 'linear' else kind}_finetune_2x"] = variant(tuned, *changes)
+    ablation.variants = variants
+    return ablation
