@@ -15,9 +15,11 @@ import ml_collections
 
 from longctx_jax.config import base_config
 
-# Train length, train steps, model size, batch, evaluation lengths (x train length), fine-tune steps.
+# Train length and steps, model size, batch, eval lengths (x train length), fine-tune steps.
 SIZES = {
-    "demo": dict(seq_len=64, steps=150, layers=2, width=96, batch=16, multiples=(1, 2, 4, 8), ft=40),
+    "demo": dict(
+        seq_len=64, steps=150, layers=2, width=96, batch=16, multiples=(1, 2, 4, 8), ft=40
+    ),
     "full": dict(
         seq_len=256, steps=2000, layers=4, width=256, batch=16, multiples=(1, 2, 4, 8), ft=200
     ),
