@@ -25,7 +25,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "bench: timed repetitions (best is
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
 _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
 
-COMMANDS = ("train", "bench attention")
+COMMANDS = ("train", "ablate", "bench attention")
 
 
 def train() -> None:
@@ -53,6 +53,23 @@ def train() -> None:
         print(f"step metrics: loss {last['loss']:.4f}, {last['tokens_per_second']:.0f} tokens/s")
 
 
+def ablate() -> None:
+    import importlib
+
+    from longctx_jax.train.checkpointing import CheckpointError
+    from longctx_jax.train.loop import NonFiniteLossError
+
+    if _CONFIG.value is None:
+        raise app.UsageError("ablate needs --config=configs/ablations/<name>.py[:size]")
+    ablation = _CONFIG.value
+    experiment = importlib.import_module(f"experiments.{ablation.experiment}")
+    try:
+        experiment.run(ablation, _WORKDIR.value or f"runs/{ablation.name}")
+    except (NonFiniteLossError, CheckpointError, ValueError) as error:
+        print(f"longctx ablate: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 def bench_attention() -> None:
     from longctx_jax.eval.attention_bench import format_table, run_benchmark, write_results
 
@@ -73,6 +90,8 @@ def main(argv) -> None:
     command = " ".join(argv[1:])
     if command == "train":
         train()
+    elif command == "ablate":
+        ablate()
     elif command == "bench attention":
         bench_attention()
     else:

@@ -18,10 +18,26 @@ from longctx_jax.config import base_config
 # Train length and steps, model size, batch, eval lengths (x train length), fine-tune steps.
 SIZES = {
     "demo": dict(
-        seq_len=64, steps=150, layers=2, width=96, batch=16, multiples=(1, 2, 4, 8), ft=40
+        seq_len=64,
+        steps=400,
+        layers=2,
+        width=96,
+        batch=16,
+        multiples=(1, 2, 4, 8),
+        ft=60,
+        eval_documents=12,
+        eval_doc_bytes=2048,
     ),
     "full": dict(
-        seq_len=256, steps=2000, layers=4, width=256, batch=16, multiples=(1, 2, 4, 8), ft=200
+        seq_len=256,
+        steps=2000,
+        layers=4,
+        width=256,
+        batch=16,
+        multiples=(1, 2, 4, 8),
+        ft=200,
+        eval_documents=32,
+        eval_doc_bytes=8192,
     ),
 }
 
@@ -57,6 +73,10 @@ def get_config(size="full"):
     ablation.baseline = baseline(size)
     ablation.eval_multiples = s["multiples"]
     ablation.eval_rope_kinds = ("linear", "ntk", "dynamic", "yarn")
+    # The same text at every evaluation length: the first eval_doc_bytes bytes of the first
+    # eval_documents validation files long enough for the longest length.
+    ablation.eval_documents = s["eval_documents"]
+    ablation.eval_doc_bytes = s["eval_doc_bytes"]
 
     rope = baseline(size)
     alibi = baseline(size)

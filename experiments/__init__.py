@@ -1,0 +1,1 @@
+"""One runner per ablation or figure; each writes runs/<name>/ (results.json, figure.png)."""

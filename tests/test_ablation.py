@@ -1,0 +1,64 @@
+"""The ablation runner refuses variants that change anything they do not declare."""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from longctx_jax.ablation import changed_fields, check_variant, checked_variants
+from longctx_jax.config import base_config
+
+ROOT = Path(__file__).parents[1]
+
+
+def load_config_file(relative, *args):
+    spec = importlib.util.spec_from_file_location("ablation_config", ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
+
+
+def test_declared_change_is_accepted():
+    base, variant = base_config(), base_config()
+    variant.model.position.kind = "alibi"
+    changes = check_variant("alibi", base, variant, ["model.position.kind"])
+    assert changes == {"model.position.kind": ("rope", "alibi")}
+
+
+def test_undeclared_change_is_refused():
+    base, variant = base_config(), base_config()
+    variant.model.position.kind = "alibi"
+    variant.train.learning_rate = 1.0  # the sneaky second knob
+    with pytest.raises(ValueError, match=r"train.learning_rate: 0.003 -> 1.0"):
+        check_variant("alibi", base, variant, ["model.position.kind"])
+
+
+def test_declaring_a_missing_field_is_refused():
+    with pytest.raises(ValueError, match="model.positoin.kind"):
+        check_variant("typo", base_config(), base_config(), ["model.positoin.kind"])
+
+
+def test_nested_placeholders_are_compared():
+    base, variant = base_config(), base_config()
+    variant.model.position.rope_scaling.factor = 2.0
+    assert changed_fields(base, variant) == {"model.position.rope_scaling.factor": (None, 2.0)}
+
+
+@pytest.mark.parametrize("size", ["demo", "full"])
+def test_position_extrapolation_variants_are_one_knob(size):
+    ablation = load_config_file("configs/ablations/position_extrapolation.py", size)
+    variants = checked_variants(ablation)
+    assert set(variants) == {"rope", "alibi", "nope", "pi_finetune_2x", "yarn_finetune_2x"}
+    assert variants["rope"][1] == {}
+    assert set(variants["alibi"][1]) == {"model.position.kind"}
+
+
+def test_config_with_unknown_variant_field_fails_on_check():
+    ablation = ml_collections.ConfigDict()
+    ablation.baseline = base_config()
+    broken = base_config()
+    broken.data.seq_len = 4096
+    ablation.variants = {"longer": ml_collections.ConfigDict(dict(config=broken, changes=()))}
+    with pytest.raises(ValueError, match="data.seq_len"):
+        checked_variants(ablation)
