@@ -1,0 +1,98 @@
+"""Self-attention block: q/k/v projections, the position scheme, and the one call to `attention()`.
+
+Position schemes (config `position.kind`):
+  rope   q and k rotated by `apply_rope` with frequencies from `rope_frequencies`, computed at trace
+         time from the config (`dynamic` and `longrope` read seq_len = the input length T).
+  alibi  `alibi_slopes(num_heads)` handed to `attention()`, which adds -slope * (q_pos - kv_pos).
+  nope   nothing: positions only reach the causal mask.
+Positions and segment ids ride in the `AttentionMask`, so packed documents, permuted layouts and
+(later) context-parallel chunks need no special case here. `attend` is the only place attention
+is computed; a context-parallel implementation replaces that one function.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from longctx_jax.attention import AttentionMask, attention, attention_weights
+from longctx_jax.model.config import rope_scaling_kwargs
+from longctx_jax.model.layers import normal_init
+from longctx_jax.positions import alibi_slopes, apply_rope, rope_frequencies
+
+
+def attend(q_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
+    """The model's single attention call; `capture(name, value)` receives the probabilities.
+
+    Returns [B, T, N, H] in q's dtype. With `capture`, also computes `attention_weights` (float32
+    [B, N, T, S], O(T*S) memory) and hands them over; without it, nothing extra is computed.
+    """
+    slopes = alibi_slopes(cfg.num_heads) if cfg.position.kind == "alibi" else None
+    options = dict(mask=mask, logits_soft_cap=cfg.attention.logits_soft_cap, alibi_slopes=slopes)
+    if capture is not None:
+        capture("attention_weights", attention_weights(q_BTNH, k_BSKH, v_BSKH, **options))
+    return attention(q_BTNH, k_BSKH, v_BSKH, impl=cfg.attention.impl, **options)
+
+
+def rope_for_length(cfg, seq_len: int):
+    """(inv_freq [rotary_dim // 2] float32, attention_factor) for inputs of length seq_len."""
+    return rope_frequencies(
+        cfg.head_dim,
+        base=cfg.position.rope_base,
+        kind=cfg.position.rope_kind,
+        seq_len=seq_len,
+        **rope_scaling_kwargs(cfg),
+    )
+
+
+class SelfAttention(nn.Module):
+    """Pre-normed input [B, T, embed] -> attention output [B, T, embed]."""
+
+    cfg: object  # a validated, frozen model config (see `DecoderLM`)
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT=None, capture_attention=False):
+        cfg = self.cfg
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        d, n, kh, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+
+        def kernel(name, std, names, shape):
+            return self.param(name, normal_init(std, names), shape, param_dtype).astype(dtype)
+
+        wq_DNH = kernel("query", cfg.init_std, ("embed", "heads", "head_dim"), (d, n, h))
+        wk_DKH = kernel("key", cfg.init_std, ("embed", "kv_heads", "head_dim"), (d, kh, h))
+        wv_DKH = kernel("value", cfg.init_std, ("embed", "kv_heads", "head_dim"), (d, kh, h))
+        wo_NHD = kernel("out", out_std, ("heads", "head_dim", "embed"), (n, h, d))
+
+        x_BTD = x_BTD.astype(dtype)
+        q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, wq_DNH)
+        k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wk_DKH)
+        v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wv_DKH)
+
+        if cfg.position.kind == "rope":
+            inv_freq, attention_factor = rope_for_length(cfg, x_BTD.shape[1])
+            rope = dict(attention_factor=attention_factor, layout=cfg.position.layout)
+            q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, **rope)
+            k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, **rope)
+
+        q_BTNH = nn.with_logical_constraint(q_BTNH, ("batch", "length", "heads", "head_dim"))
+        kv_names = ("batch", "kv_length", "kv_heads", "head_dim")
+        k_BTKH = nn.with_logical_constraint(k_BTKH, kv_names)
+        v_BTKH = nn.with_logical_constraint(v_BTKH, kv_names)
+
+        mask = AttentionMask(
+            causal=True,
+            q_positions=positions_BT,
+            kv_positions=positions_BT,
+            q_segment_ids=segment_ids_BT,
+            kv_segment_ids=segment_ids_BT,
+        )
+        capture = self._capture if capture_attention else None
+        out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture)
+        out_BTNH = nn.with_logical_constraint(out_BTNH, ("batch", "length", "heads", "head_dim"))
+        return jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD)
+
+    def _capture(self, name: str, value: jax.Array) -> None:
+        self.sow("intermediates", name, value)

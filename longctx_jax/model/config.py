@@ -1,0 +1,190 @@
+"""The `model` sub-config: every knob of `DecoderLM`, its defaults, and its validation.
+
+`default_model_config()` returns a ConfigDict that trainer and ablation configs place at
+`config.model` and override from the command line (`--config.model.num_layers=4`). Optional numbers
+are typed placeholders (None by default) so that `--config.model.attention.logits_soft_cap=30.0`
+and `--config.model.position.rope_scaling.factor=4.0` parse: ml_collections cannot override a
+plain None field from the command line, because it does not know the type to parse.
+
+Fields (defaults in brackets):
+  vocab_size [256]        vocabulary size; 256 = raw bytes.
+  num_layers [4]          decoder blocks.
+  embed_dim [256]         residual stream width.
+  num_heads [4]           query heads.
+  num_kv_heads [4]        key/value heads; num_heads % num_kv_heads == 0 (GQA; 1 = MQA).
+  head_dim [64]           per-head width, independent of embed_dim (q: embed -> heads * head_dim).
+  mlp_dim [768]           SwiGLU hidden width (~ 8/3 * embed_dim, rounded to a multiple of 256).
+  tie_embeddings [True]   output head = input embedding transposed (`Embedding.attend`).
+  dtype ["float32"]       activation / matmul dtype ("float32" | "bfloat16" | "float16"); norms,
+                          RoPE angles, softmax statistics and the logits are float32 regardless.
+  param_dtype ["float32"] parameter storage dtype.
+  norm_eps [1e-6]         RMSNorm epsilon.
+  init_std [0.02]         std of the normal init of embeddings and input projections; output
+                          projections (attention out, MLP down) use init_std / sqrt(2 * num_layers).
+  remat [False]           recompute each block in the backward pass (activation checkpointing).
+  attention.impl ["auto"]             an `longctx_jax.attention.IMPLEMENTATIONS` name.
+  attention.logits_soft_cap [None]    float c > 0: logits -> c * tanh(logits / c).
+  position.kind ["rope"]              "rope" | "alibi" | "nope".
+  position.rope_kind ["default"]      a `rope_frequencies` kind: default, linear, ntk, dynamic,
+                                      yarn, llama3, longrope.
+  position.rope_base [10000.0]        rope_theta.
+  position.layout ["half"]            RoPE feature pairing: "half" (HF / NeoX) | "interleaved".
+  position.rope_scaling.*  [None]     Hugging Face `rope_parameters` names passed as keyword
+                                      arguments to `rope_frequencies`; only the fields that are
+                                      not None are passed (so every kind reads only what it needs).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import ml_collections
+from ml_collections import config_dict
+
+from longctx_jax.attention import IMPLEMENTATIONS
+from longctx_jax.positions import LAYOUTS, ROPE_KINDS, rope_frequencies
+
+POSITION_KINDS = ("rope", "alibi", "nope")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Every `rope_frequencies` scaling argument, with the type its command-line override parses to.
+ROPE_SCALING_FIELDS = {
+    "factor": float,
+    "original_max_position_embeddings": int,
+    "max_position_embeddings": int,
+    "attention_factor": float,
+    "beta_fast": float,
+    "beta_slow": float,
+    "mscale": float,
+    "mscale_all_dim": float,
+    "truncate": bool,
+    "low_freq_factor": float,
+    "high_freq_factor": float,
+    "short_factor": tuple,
+    "long_factor": tuple,
+    "partial_rotary_factor": float,
+}
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """The `model` sub-config with every field at its default (see the module docstring)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.vocab_size = 256
+    cfg.num_layers = 4
+    cfg.embed_dim = 256
+    cfg.num_heads = 4
+    cfg.num_kv_heads = 4
+    cfg.head_dim = 64
+    cfg.mlp_dim = 768
+    cfg.tie_embeddings = True
+    cfg.dtype = "float32"
+    cfg.param_dtype = "float32"
+    cfg.norm_eps = 1e-6
+    cfg.init_std = 0.02
+    cfg.remat = False
+
+    cfg.attention = ml_collections.ConfigDict()
+    cfg.attention.impl = "auto"
+    cfg.attention.logits_soft_cap = config_dict.placeholder(float)
+
+    cfg.position = ml_collections.ConfigDict()
+    cfg.position.kind = "rope"
+    cfg.position.rope_kind = "default"
+    cfg.position.rope_base = 10000.0
+    cfg.position.layout = "half"
+    cfg.position.rope_scaling = ml_collections.ConfigDict()
+    for name, field_type in ROPE_SCALING_FIELDS.items():
+        setattr(cfg.position.rope_scaling, name, config_dict.placeholder(field_type))
+    return cfg
+
+
+def rope_scaling_kwargs(cfg) -> dict:
+    """The set (non-None) `position.rope_scaling` fields, as `rope_frequencies` keyword args."""
+    scaling = cfg.position.rope_scaling
+    return {name: scaling[name] for name in scaling.keys() if scaling[name] is not None}
+
+
+def validate_model_config(cfg) -> None:
+    """Raises ValueError naming the field, its value and what was expected; returns None if valid.
+
+    Checks types and ranges, num_heads % num_kv_heads, and (for position.kind="rope") that
+    `rope_frequencies` accepts head_dim, rope_kind, rope_base and the set rope_scaling fields.
+    Accepts a ConfigDict, a FrozenConfigDict or a plain nested dict.
+    """
+    if isinstance(cfg, dict):
+        cfg = ml_collections.ConfigDict(cfg)
+    for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim"):
+        _check_positive_int(name, _get(cfg, name))
+    _check_positive_int("mlp_dim", _get(cfg, "mlp_dim"))
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise _invalid(
+            "num_kv_heads", cfg.num_kv_heads, f"a divisor of num_heads={cfg.num_heads} (GQA/MQA)"
+        )
+    for name in ("tie_embeddings", "remat"):
+        if not isinstance(_get(cfg, name), bool):
+            raise _invalid(name, cfg[name], "a bool")
+    for name in ("dtype", "param_dtype"):
+        if _get(cfg, name) not in DTYPES:
+            raise _invalid(name, cfg[name], f"one of {DTYPES}")
+    for name in ("norm_eps", "init_std"):
+        _check_positive_float(name, _get(cfg, name))
+
+    impl = _get(cfg, "attention.impl")
+    if impl not in IMPLEMENTATIONS:
+        raise _invalid("attention.impl", impl, f"one of {IMPLEMENTATIONS}")
+    cap = _get(cfg, "attention.logits_soft_cap")
+    if cap is not None:
+        _check_positive_float("attention.logits_soft_cap", cap, "None or a finite float > 0")
+
+    kind = _get(cfg, "position.kind")
+    if kind not in POSITION_KINDS:
+        raise _invalid("position.kind", kind, f"one of {POSITION_KINDS}")
+    if kind != "rope":
+        return
+    if cfg.head_dim % 2:
+        raise _invalid("head_dim", cfg.head_dim, "an even number with position.kind='rope'")
+    rope_kind = _get(cfg, "position.rope_kind")
+    if rope_kind not in ROPE_KINDS:
+        raise _invalid("position.rope_kind", rope_kind, f"one of {ROPE_KINDS}")
+    layout = _get(cfg, "position.layout")
+    if layout not in LAYOUTS:
+        raise _invalid("position.layout", layout, f"one of {LAYOUTS}")
+    base = _get(cfg, "position.rope_base")
+    if isinstance(base, bool) or not isinstance(base, Real) or not base > 1:
+        raise _invalid("position.rope_base", base, "a number > 1 (rope_theta)")
+    scaling = rope_scaling_kwargs(cfg)
+    try:
+        rope_frequencies(cfg.head_dim, base=base, kind=rope_kind, **scaling)
+    except ValueError as e:
+        raise ValueError(
+            f"model.position (rope_kind={rope_kind!r}, rope_scaling={scaling}): {e}"
+        ) from e
+
+
+def _get(cfg, dotted: str):
+    """cfg['a.b'] with a ValueError naming the field if it is missing."""
+    value = cfg
+    for part in dotted.split("."):
+        try:
+            value = value[part]
+        except (KeyError, AttributeError, TypeError):
+            raise ValueError(
+                f"model.{dotted}: missing; expected the field of default_model_config()"
+            ) from None
+    return value
+
+
+def _invalid(name, value, expected) -> ValueError:
+    return ValueError(f"model.{name}={value!r}: expected {expected}")
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise _invalid(name, value, "a positive integer")
+
+
+def _check_positive_float(name, value, expected="a finite number > 0"):
+    ok = not isinstance(value, bool) and isinstance(value, Real)
+    if not (ok and math.isfinite(value) and value > 0):
+        raise _invalid(name, value, expected)
