@@ -31,7 +31,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/longctx bench attention --lengths=1024,2048,4096,8192 --repeats=2 --workdir=runs/bench_attention_demo
+	$(VENV)/bin/longctx ablate --config configs/ablations/position_extrapolation.py:demo
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -41,7 +41,7 @@ test: lint
 	$(VENV)/bin/pytest -n 2 --durations=15
 
 bench: venv
-	$(VENV)/bin/longctx bench attention
+	$(VENV)/bin/longctx bench attention --workdir=runs/bench_attention
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
