@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_perplexity_vs_length(results, path) -> None:
     """Log-log perplexity vs evaluation length with the training length marked."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     for i, (curve, rows) in enumerate(results["curves"].items()):
         style = "--" if "(eval)" in curve else "-"
         ax.plot(
@@ -28,7 +28,7 @@ def plot_perplexity_vs_length(results, path) -> None:
     ax.set_ylabel("perplexity per byte (sliding window)")
     ax.set_title(results.get("ablation", ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
