@@ -29,15 +29,15 @@ SIZES = {
         eval_doc_bytes=2048,
     ),
     "full": dict(
-        seq_len=256,
-        steps=2000,
-        layers=4,
-        width=256,
+        seq_len=128,
+        steps=1000,
+        layers=3,
+        width=128,
         batch=16,
         multiples=(1, 2, 4, 8),
-        ft=200,
-        eval_documents=32,
-        eval_doc_bytes=8192,
+        ft=150,
+        eval_documents=24,
+        eval_doc_bytes=4096,
     ),
 }
 
