@@ -56,18 +56,18 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_zero(tmp_path):
-    run = subprocess.Popen(
+    process = subprocess.Popen(
         longctx(tmp_path, "--config.train.steps=100000", "--config.train.checkpoint_every=100000"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.time() + 300
-    while len(steps_logged(tmp_path)) < 3 and run.poll() is None and time.time() < deadline:
+    while len(steps_logged(tmp_path)) < 3 and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=300)
-    assert run.returncode == 0, stderr[-3000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] == steps_logged(tmp_path)[-1] >= 3
     last = saved[-1]
