@@ -5,28 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from tiny_models import tiny_model_config  # noqa: F401  (re-exported for the eval tests)
 
 from longctx_jax.data import default_data_config, document_source
-from longctx_jax.model import default_model_config
-
-
-def tiny_model_config(**overrides):
-    """A 2-layer, 32-wide GQA model; init_std 0.3 so positions visibly change the logits."""
-    cfg = default_model_config()
-    cfg.update_from_flattened_dict(
-        {
-            "num_layers": 2,
-            "embed_dim": 32,
-            "num_heads": 4,
-            "num_kv_heads": 2,
-            "head_dim": 8,
-            "mlp_dim": 64,
-            "init_std": 0.3,
-            "attention.impl": "reference",
-            **overrides,
-        }
-    )
-    return cfg
 
 
 def folder_corpus(tmp_path, rng: np.random.Generator, lengths):

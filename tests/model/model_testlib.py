@@ -8,31 +8,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tiny_models import tiny_model_config
 
-from longctx_jax.model import DecoderLM, default_model_config
+from longctx_jax.model import DecoderLM
 
 
 def tiny_config(overrides: dict | None = None):
-    """A 2-layer, 32-wide GQA model (4 query heads, 2 KV heads); `overrides` use dotted names.
-
-    Attention is `reference` (the quickest to compile; tests about implementations set
-    attention.impl), and init_std is large (0.3) so attention is far from uniform.
-    """
-    cfg = default_model_config()
-    cfg.update_from_flattened_dict(
-        {
-            "num_layers": 2,
-            "embed_dim": 32,
-            "num_heads": 4,
-            "num_kv_heads": 2,
-            "head_dim": 8,
-            "mlp_dim": 64,
-            "init_std": 0.3,
-            "attention.impl": "reference",
-            **(overrides or {}),
-        }
-    )
-    return cfg
+    """The shared tiny model config (tests/tiny_models.py); `overrides` use dotted names."""
+    return tiny_model_config(overrides)
 
 
 def random_tokens(rng: np.random.Generator, batch: int, length: int, vocab: int = 256):

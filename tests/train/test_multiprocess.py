@@ -8,16 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_config import TINY_MODEL_FLAGS
 
 ROOT = Path(__file__).parents[2]
 COMMON = [
-    "--config.model.num_layers=1",
-    "--config.model.embed_dim=64",
-    "--config.model.num_heads=2",
-    "--config.model.num_kv_heads=1",
-    "--config.model.head_dim=16",
-    "--config.model.mlp_dim=128",
-    "--config.data.seq_len=64",
+    *TINY_MODEL_FLAGS,
     "--config.data.batch_size=8",
     "--config.data.process_sharding=batch",  # global batches independent of the process count
     "--config.train.steps=3",

@@ -24,6 +24,18 @@ def tiny_config(steps=4, **mesh):
     return config
 
 
+# The same kind of tiny model as command-line overrides of configs/quickstart.py.
+TINY_MODEL_FLAGS = [
+    "--config.model.num_layers=1",
+    "--config.model.embed_dim=64",
+    "--config.model.num_heads=2",
+    "--config.model.num_kv_heads=1",
+    "--config.model.head_dim=16",
+    "--config.model.mlp_dim=128",
+    "--config.data.seq_len=64",
+]
+
+
 def checkpointed_params(workdir, step):
     """The parameters saved at `step` under workdir/checkpoints, as host arrays."""
     manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
