@@ -41,11 +41,14 @@ def train() -> None:
             process_id=config.distributed.process_id,
         )
     from longctx_jax.train.checkpointing import CheckpointError
-    from longctx_jax.train.loop import NonFiniteLossError
+    from longctx_jax.train.loop import NonFiniteLossError, Preempted
     from longctx_jax.train.loop import train as run_training
 
     try:
         last = run_training(config, _WORKDIR.value)
+    except Preempted as stop:
+        print(f"longctx train: {stop}; rerun the same command to resume", file=sys.stderr)
+        return
     except (NonFiniteLossError, CheckpointError, ValueError) as error:
         print(f"longctx train: {error}", file=sys.stderr)
         sys.exit(1)
@@ -57,7 +60,7 @@ def ablate() -> None:
     import importlib
 
     from longctx_jax.train.checkpointing import CheckpointError
-    from longctx_jax.train.loop import NonFiniteLossError
+    from longctx_jax.train.loop import NonFiniteLossError, Preempted
 
     if _CONFIG.value is None:
         raise app.UsageError("ablate needs --config=configs/ablations/<name>.py[:size]")
@@ -65,6 +68,9 @@ def ablate() -> None:
     experiment = importlib.import_module(f"experiments.{ablation.experiment}")
     try:
         experiment.run(ablation, _WORKDIR.value or f"runs/{ablation.name}")
+    except Preempted as stop:
+        print(f"longctx ablate: {stop}; rerun the same command to resume", file=sys.stderr)
+        return
     except (NonFiniteLossError, CheckpointError, ValueError) as error:
         print(f"longctx ablate: {error}", file=sys.stderr)
         sys.exit(1)

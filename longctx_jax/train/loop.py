@@ -34,6 +34,10 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was saved. Re-running with the same workdir resumes."""
+
+
 class _Preempted:
     """Remembers a SIGTERM so the loop can checkpoint at the next step boundary."""
 
@@ -78,7 +82,11 @@ def make_global_batch(local_batch, batch_sharding):
 
 
 def train(config, workdir) -> dict:
-    """Trains to `config.train.steps`; returns the last logged metrics."""
+    """Trains to `config.train.steps`; returns the last logged metrics.
+
+    Raises `Preempted` after checkpointing if SIGTERM arrives, so callers (the CLI, an ablation
+    runner) stop instead of carrying on.
+    """
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -119,7 +127,7 @@ def train(config, workdir) -> dict:
     log_every = int(config.train.log_every)
     progress = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main)
     buckets = bucket_edges(num_buckets)
-    tick, logged = time.perf_counter(), start
+    tick, logged, done = time.perf_counter(), start, start
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             for step in range(start, steps):
@@ -146,6 +154,8 @@ def train(config, workdir) -> dict:
         progress.close()
         writer.close()
         manager.close()
+    if preempted.requested:
+        raise Preempted(f"SIGTERM: checkpoint saved at step {done} in {workdir}")
     return last
 
 
