@@ -1,8 +1,9 @@
 """`attention()`: the one entry point; every implementation computes the same function.
 
 Implementations differ in cost only: `reference` (dense, O(T*S) memory), `blockwise` (pure-JAX
-online softmax with a recomputing backward, O(T+S) memory, empty tiles skipped), and `auto` (the
-best one for the backend). Inputs are checked here, on shapes and dtypes, before any compilation.
+online softmax with a recomputing backward, O(T+S) memory, empty tiles skipped), `xla` (JAX's own
+jax.nn.dot_product_attention: the baseline; no soft cap) and `auto` (the best one for the
+backend). Inputs are checked here, on shapes and dtypes, before any compilation.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 from longctx_jax.attention.blockwise import blockwise_attention
 from longctx_jax.attention.mask import AttentionMask
 from longctx_jax.attention.reference import reference_attention, reference_weights
+from longctx_jax.attention.xla import xla_attention
 
-IMPLEMENTATIONS = ("reference", "blockwise", "auto")
+IMPLEMENTATIONS = ("reference", "blockwise", "xla", "auto")
 PLANNED = ("pallas_tpu", "pallas_gpu")
 
 
@@ -38,7 +40,7 @@ def attention(
       q: [batch, q_len, num_heads, head_dim].
       k, v: [batch, kv_len, num_kv_heads, head_dim]; num_heads % num_kv_heads == 0.
       mask: an `AttentionMask` (causal, window, segment ids, positions); None = all visible.
-      impl: "reference" | "blockwise" | "auto".
+      impl: "reference" | "blockwise" | "xla" (jax.nn.dot_product_attention, dense) | "auto".
       scale: logit scale, default 1 / sqrt(head_dim).
       logits_soft_cap: c > 0 turns scaled logits s into c * tanh(s / c).
       alibi_slopes: [num_heads]; adds -slope * (q_pos - kv_pos) to the logits.
@@ -47,10 +49,16 @@ def attention(
     """
     impl = _resolve_impl(impl)
     resolved, scale = _prepare(q, k, v, mask, scale, logits_soft_cap, alibi_slopes)
+    if impl == "xla" and logits_soft_cap is not None:
+        raise ValueError(
+            f"logits_soft_cap={logits_soft_cap!r}: impl='xla' (jax.nn.dot_product_attention) has "
+            "no soft cap; use impl='reference' or 'blockwise'"
+        )
     kwargs = dict(scale=scale, soft_cap=logits_soft_cap, slopes=alibi_slopes)
-    if impl == "reference":
-        return reference_attention(q, k, v, resolved, **kwargs)
-    return blockwise_attention(q, k, v, resolved, **kwargs)
+    implementation = dict(
+        reference=reference_attention, blockwise=blockwise_attention, xla=xla_attention
+    )[impl]
+    return implementation(q, k, v, resolved, **kwargs)
 
 
 def attention_weights(
