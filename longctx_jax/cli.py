@@ -25,7 +25,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "bench: timed repetitions (best is
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
 _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
 
-COMMANDS = ("train", "ablate", "bench attention")
+COMMANDS = ("train", "ablate", "bench attention", "bench train")
 
 
 def train() -> None:
@@ -91,6 +91,25 @@ def bench_attention() -> None:
     print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
 
 
+def bench_train() -> None:
+    import json
+    from pathlib import Path
+
+    from longctx_jax.eval.train_bench import format_train_table, run_train_benchmark
+
+    if _CONFIG.value is None:
+        raise app.UsageError("bench train needs --config=configs/<name>.py")
+    lengths = [int(n) for n in _LENGTHS.value]
+    results = run_train_benchmark(
+        _CONFIG.value, lengths, tuple(_IMPLS.value), repeats=_REPEATS.value
+    )
+    workdir = Path(_WORKDIR.value or "runs/bench_train")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    print(format_train_table(results))
+    print(f"wrote {workdir / 'results.json'}")
+
+
 def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     command = " ".join(argv[1:])
@@ -100,6 +119,8 @@ def main(argv) -> None:
         ablate()
     elif command == "bench attention":
         bench_attention()
+    elif command == "bench train":
+        bench_train()
     else:
         raise app.UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
 

@@ -1,0 +1,97 @@
+"""`longctx bench train`: tokens/s and train-step memory of a config's model, per attention impl.
+
+One process, one device, the real train step (forward, backward, AdamW) on synthetic batches of
+the configured batch size at each sequence length. Memory is XLA's compiled temporaries for the
+step (excluding parameters and optimizer state, which do not depend on the attention impl);
+speed is best-of-n steps, reported with the ratio to the first impl, timed in the same run.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from longctx_jax import sharding
+from longctx_jax.eval.cost import temp_bytes, time_call
+from longctx_jax.model import DecoderLM
+from longctx_jax.train.loop import init_state
+from longctx_jax.train.optimizer import make_optimizer
+from longctx_jax.train.step import num_position_buckets, train_step
+
+
+def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
+    """Random bytes, one document per row, every target weighted."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 256, (batch_size, seq_len + 1), dtype=np.int32)
+    return dict(
+        tokens=jnp.asarray(tokens[:, :-1]),
+        targets=jnp.asarray(tokens[:, 1:]),
+        weights=jnp.ones((batch_size, seq_len), jnp.float32),
+        segment_ids=jnp.ones((batch_size, seq_len), jnp.int32),
+        positions=jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch_size, seq_len)),
+    )
+
+
+def measure_step(config, impl: str, seq_len: int, *, repeats: int, budget: int) -> dict:
+    """One row: temporaries of the compiled step, and tokens/s unless they exceed `budget`."""
+    config = config.copy_and_resolve_references()
+    config.model.attention.impl = impl
+    config.data.seq_len = seq_len
+    for axis in sharding.MESH_AXES:
+        config.mesh[axis] = 1
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.logical_rules(config.mesh)
+    model, optimizer = DecoderLM(config.model), make_optimizer(config.train)
+    state, _ = init_state(config, model, optimizer, mesh, rules)
+    batch = synthetic_batch(config.data.batch_size, seq_len)
+    step = functools.partial(
+        train_step, model=model, optimizer=optimizer, num_buckets=num_position_buckets(seq_len)
+    )
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(step).lower(state, batch).compile()
+        temps = temp_bytes(compiled)
+        row = dict(impl=impl, seq_len=seq_len, temp_bytes=temps, seconds=None)
+        if temps is not None and temps > budget:
+            row["skipped"] = f"needs {temps / 2**30:.1f} GiB of temporaries > budget"
+            return row
+        seconds = time_call(compiled, state, batch, repeats=repeats)
+    tokens = config.data.batch_size * seq_len
+    row.update(seconds=seconds, tokens_per_second=tokens / seconds)
+    return row
+
+
+def run_train_benchmark(config, lengths, impls, *, repeats=3, budget=None) -> dict:
+    from longctx_jax.eval.attention_bench import default_memory_budget
+
+    budget = default_memory_budget() if budget is None else budget
+    rows = [
+        measure_step(config, impl, n, repeats=repeats, budget=budget)
+        for n, impl in tqdm([(n, i) for n in lengths for i in impls], desc="bench train")
+    ]
+    base = {r["seq_len"]: r["seconds"] for r in rows if r["impl"] == impls[0]}
+    for r in rows:
+        if r["seconds"] and base.get(r["seq_len"]):
+            r["speedup_vs_baseline"] = base[r["seq_len"]] / r["seconds"]
+    return dict(baseline=impls[0], batch_size=config.data.batch_size, rows=rows)
+
+
+def format_train_table(results) -> str:
+    lines = [
+        f"{'impl':<10} {'seq_len':>7} {'step s':>8} {'tokens/s':>9} {'speedup':>8} {'temp MiB':>9}"
+    ]
+    for r in results["rows"]:
+        temp = "-" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.0f}"
+        if r["seconds"] is None:
+            lines.append(f"{r['impl']:<10} {r['seq_len']:>7} {r['skipped']} ({temp} MiB)")
+            continue
+        speedup = r.get("speedup_vs_baseline")
+        lines.append(
+            f"{r['impl']:<10} {r['seq_len']:>7} {r['seconds']:>8.3f} "
+            f"{r['tokens_per_second']:>9.0f} {'-' if speedup is None else f'{speedup:.2f}x':>8} "
+            f"{temp:>9}"
+        )
+    return "\n".join(lines)
