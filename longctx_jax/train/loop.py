@@ -128,27 +128,41 @@ def train(config, workdir) -> dict:
     progress = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main)
     buckets = bucket_edges(num_buckets)
     tick, logged, done = time.perf_counter(), start, start
+    pending = None  # (step, metrics) dispatched but not yet fetched
+
+    def flush():
+        """Fetches and logs the pending step's metrics (waits for that step to finish)."""
+        nonlocal pending, tick, logged, last
+        if pending is None:
+            return
+        step_done, metrics = pending
+        pending = None
+        tokens = (step_done - logged) * config.data.batch_size * config.data.seq_len
+        tokens_per_second = tokens / (time.perf_counter() - tick)
+        last = _log(writer, step_done, jax.device_get(metrics), tokens_per_second, buckets)
+        tick, logged = time.perf_counter(), step_done
+        progress.set_postfix(loss=f"{last['loss']:.4f}")
+
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             for step in range(start, steps):
                 batch = make_global_batch(next(data), batch_sharding)
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, batch)  # dispatch step t ...
+                flush()  # ... then fetch step t - 1's metrics while step t runs
                 done = step + 1
                 if done % log_every == 0 or done == steps:
-                    tokens = (done - logged) * config.data.batch_size * config.data.seq_len
-                    tokens_per_second = tokens / (time.perf_counter() - tick)
-                    last = _log(writer, done, jax.device_get(metrics), tokens_per_second, buckets)
-                    tick, logged = time.perf_counter(), done
-                    progress.set_postfix(loss=f"{last['loss']:.4f}")
+                    pending = (done, metrics)
                 progress.update(1)
                 if (
                     done % config.train.checkpoint_every == 0
                     or done == steps
                     or preempted.requested
                 ):
+                    flush()  # never checkpoint a state whose loss was not checked
                     checkpointing.save(manager, done, state, data)
                 if preempted.requested:
                     break
+            flush()
     finally:
         preempted.restore()
         progress.close()
