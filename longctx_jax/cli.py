@@ -40,18 +40,9 @@ def train() -> None:
             num_processes=config.distributed.num_processes,
             process_id=config.distributed.process_id,
         )
-    from longctx_jax.train.checkpointing import CheckpointError
-    from longctx_jax.train.loop import NonFiniteLossError, Preempted
     from longctx_jax.train.loop import train as run_training
 
-    try:
-        last = run_training(config, _WORKDIR.value)
-    except Preempted as stop:
-        print(f"longctx train: {stop}; rerun the same command to resume", file=sys.stderr)
-        return
-    except (NonFiniteLossError, CheckpointError, ValueError) as error:
-        print(f"longctx train: {error}", file=sys.stderr)
-        sys.exit(1)
+    last = _report_failures("train", lambda: run_training(config, _WORKDIR.value))
     if last:
         print(f"step metrics: loss {last['loss']:.4f}, {last['tokens_per_second']:.0f} tokens/s")
 
@@ -59,20 +50,28 @@ def train() -> None:
 def ablate() -> None:
     import importlib
 
-    from longctx_jax.train.checkpointing import CheckpointError
-    from longctx_jax.train.loop import NonFiniteLossError, Preempted
-
     if _CONFIG.value is None:
         raise app.UsageError("ablate needs --config=configs/ablations/<name>.py[:size]")
     ablation = _CONFIG.value
     experiment = importlib.import_module(f"experiments.{ablation.experiment}")
+    _report_failures(
+        "ablate", lambda: experiment.run(ablation, _WORKDIR.value or f"runs/{ablation.name}")
+    )
+
+
+def _report_failures(command: str, work):
+    """Runs `work()`: SIGTERM (checkpoint saved) exits 0, an expected failure exits 1 with one
+    line, not a traceback."""
+    from longctx_jax.train.checkpointing import CheckpointError
+    from longctx_jax.train.loop import NonFiniteLossError, Preempted
+
     try:
-        experiment.run(ablation, _WORKDIR.value or f"runs/{ablation.name}")
+        return work()
     except Preempted as stop:
-        print(f"longctx ablate: {stop}; rerun the same command to resume", file=sys.stderr)
-        return
+        print(f"longctx {command}: {stop}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(0)
     except (NonFiniteLossError, CheckpointError, ValueError) as error:
-        print(f"longctx ablate: {error}", file=sys.stderr)
+        print(f"longctx {command}: {error}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from longctx_jax.attention import AttentionMask, attention
 from longctx_jax.eval.cost import attention_flops, matmul_flops_per_second, temp_bytes, time_call
+from longctx_jax.eval.table import format_rows, mib, speedup
 
 MODES = ("fwd", "fwd+bwd")
 
@@ -130,24 +131,19 @@ def _add_speedups(rows, baseline):
 
 def format_table(results) -> str:
     """Plain-text table of the results."""
-    header = (
-        f"{'impl':<10} {'mode':<8} {'L':>6} {'time s':>9} {'GFLOP/s':>8} {'of mm':>6} "
-        f"{'speedup':>8} {'temp MiB':>9}"
-    )
     rate = results["setup"]["matmul_flops_per_second"]
-    lines = [f"matmul rate: {rate / 1e9:.1f} GFLOP/s", header]
-    for r in results["rows"]:
-        temp = "-" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.0f}"
-        if r["seconds"] is None:
-            lines.append(f"{r['impl']:<10} {r['mode']:<8} {r['length']:>6} {r['skipped']}")
-            continue
-        speedup = r.get("speedup_vs_baseline")
-        lines.append(
-            f"{r['impl']:<10} {r['mode']:<8} {r['length']:>6} {r['seconds']:>9.3f} "
-            f"{r['flops_per_second'] / 1e9:>8.1f} {r['fraction_of_matmul']:>6.0%} "
-            f"{'-' if speedup is None else f'{speedup:.1f}x':>8} {temp:>9}"
-        )
-    return "\n".join(lines)
+    columns = [
+        ("impl", 10, lambda r: r["impl"]),
+        ("mode", 8, lambda r: r["mode"]),
+        ("L", 6, lambda r: r["length"]),
+        ("time s", 9, lambda r: f"{r['seconds']:.3f}"),
+        ("GFLOP/s", 8, lambda r: f"{r['flops_per_second'] / 1e9:.1f}"),
+        ("of mm", 6, lambda r: f"{r['fraction_of_matmul']:.0%}"),
+        ("speedup", 8, speedup),
+        ("temp MiB", 9, mib),
+    ]
+    table = format_rows(results["rows"], columns, key_columns=3)
+    return f"matmul rate: {rate / 1e9:.1f} GFLOP/s\n{table}"
 
 
 def write_results(results, workdir) -> Path:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from longctx_jax import sharding
 from longctx_jax.eval.cost import temp_bytes, time_call
+from longctx_jax.eval.table import format_rows, mib, speedup
 from longctx_jax.model import DecoderLM
 from longctx_jax.train.loop import init_state
 from longctx_jax.train.optimizer import make_optimizer
@@ -80,18 +81,13 @@ def run_train_benchmark(config, lengths, impls, *, repeats=3, budget=None) -> di
 
 
 def format_train_table(results) -> str:
-    lines = [
-        f"{'impl':<10} {'seq_len':>7} {'step s':>8} {'tokens/s':>9} {'speedup':>8} {'temp MiB':>9}"
+    """Plain-text table of the results."""
+    columns = [
+        ("impl", 10, lambda r: r["impl"]),
+        ("seq_len", 7, lambda r: r["seq_len"]),
+        ("step s", 8, lambda r: f"{r['seconds']:.3f}"),
+        ("tokens/s", 9, lambda r: f"{r['tokens_per_second']:.0f}"),
+        ("speedup", 8, speedup),
+        ("temp MiB", 9, mib),
     ]
-    for r in results["rows"]:
-        temp = "-" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.0f}"
-        if r["seconds"] is None:
-            lines.append(f"{r['impl']:<10} {r['seq_len']:>7} {r['skipped']} ({temp} MiB)")
-            continue
-        speedup = r.get("speedup_vs_baseline")
-        lines.append(
-            f"{r['impl']:<10} {r['seq_len']:>7} {r['seconds']:>8.3f} "
-            f"{r['tokens_per_second']:>9.0f} {'-' if speedup is None else f'{speedup:.2f}x':>8} "
-            f"{temp:>9}"
-        )
-    return "\n".join(lines)
+    return format_rows(results["rows"], columns, key_columns=2)
