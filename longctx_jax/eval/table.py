@@ -1,0 +1,27 @@
+"""Plain-text result tables for benchmarks: one row per measurement, skipped rows say why."""
+
+from __future__ import annotations
+
+
+def format_rows(rows, columns, *, key_columns: int) -> str:
+    """`columns` = [(header, width, format(row) -> str)]; a row with "skipped" prints its first
+    `key_columns` cells and the reason instead of measurements."""
+    header = " ".join(f"{name:>{width}}" for name, width, _ in columns)
+    lines = [header]
+    for row in rows:
+        cells = [f"{cell(row):>{width}}" for _, width, cell in columns[:key_columns]]
+        if row.get("skipped"):
+            lines.append(" ".join(cells) + f" {row['skipped']}")
+            continue
+        cells += [f"{cell(row):>{width}}" for _, width, cell in columns[key_columns:]]
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def mib(row) -> str:
+    return "-" if row.get("temp_bytes") is None else f"{row['temp_bytes'] / 2**20:.0f}"
+
+
+def speedup(row) -> str:
+    value = row.get("speedup_vs_baseline")
+    return "-" if value is None else f"{value:.2f}x"
