@@ -4,7 +4,7 @@ The RoPE model is also evaluated with eval-time PI (linear), NTK, dynamic NTK an
 weights, rescaled frequencies), and fine-tuned briefly at 2x length with PI and with YaRN.
 
   longctx ablate --config configs/ablations/position_extrapolation.py:demo   # make demo, ~5 min
-  longctx ablate --config configs/ablations/position_extrapolation.py        # full, see README
+  longctx ablate --config configs/ablations/position_extrapolation.py        # full, ~40 min
 
 Expected (as the papers report): plain RoPE's perplexity blows up past the training length, ALiBi
 stays nearly flat, eval-time YaRN degrades far less than PI without fine-tuning, and a short
