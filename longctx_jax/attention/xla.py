@@ -11,21 +11,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from longctx_jax.attention.logits import alibi_bias
-from longctx_jax.attention.mask import ResolvedMask, visible
+from longctx_jax.attention.logits import alibi_bias, tile_visible
+from longctx_jax.attention.mask import ResolvedMask
 
 
 def xla_attention(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
     """Attention output [B, T, N, H] in q's dtype via jax.nn.dot_product_attention."""
     del soft_cap  # rejected by the API before we get here
-    ok_BTS = visible(
+    ok_B1TS = tile_visible(
         mask.causal,
         mask.window,
-        mask.q_positions[:, :, None],
-        mask.kv_positions[:, None, :],
-        mask.q_segment_ids[:, :, None],
-        mask.kv_segment_ids[:, None, :],
-    )
+        mask.q_positions,
+        mask.kv_positions,
+        mask.q_segment_ids,
+        mask.kv_segment_ids,
+    )[:, 0]
     bias = None
     if slopes is not None:
         b, t, n, _ = q.shape
@@ -35,7 +35,7 @@ def xla_attention(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
         )
         bias = bias_BKGTS.reshape(b, n, t, -1).astype(q.dtype)
     out = jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=ok_BTS[:, None], scale=scale, implementation="xla"
+        q, k, v, bias=bias, mask=ok_B1TS, scale=scale, implementation="xla"
     )
-    seen_BT = ok_BTS.any(-1)
+    seen_BT = ok_B1TS[:, 0].any(-1)
     return jnp.where(seen_BT[:, :, None, None], out, jnp.zeros_like(out))
