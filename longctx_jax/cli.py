@@ -2,6 +2,7 @@
 
 longctx train --config configs/quickstart.py --workdir runs/x [--config.KEY=VALUE ...]
 longctx bench attention [--lengths=1024,2048] [--impls=xla,blockwise] [--workdir=...]
+longctx bench attention --impls=xla,cudnn,pallas_gpu --dtype=bfloat16 --batch=0   (on a GPU)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ _IMPLS = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer("repeats", 3, "bench: timed repetitions (best is kept).")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
 _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
+_BATCH = flags.DEFINE_integer("batch", 1, "bench: batch size; 0 = 32768 tokens per measurement.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: input dtype.")
 
 COMMANDS = ("train", "ablate", "bench attention", "bench train")
 
@@ -83,6 +86,8 @@ def bench_attention() -> None:
         tuple(_IMPLS.value),
         heads=_HEADS.value,
         head_dim=_HEAD_DIM.value,
+        batch=_BATCH.value,
+        dtype=_DTYPE.value,
         repeats=_REPEATS.value,
     )
     workdir = write_results(results, _WORKDIR.value or "runs/bench_attention")

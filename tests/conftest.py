@@ -3,11 +3,11 @@
 import os
 
 # Before JAX starts: multi-device tests run on 8 simulated CPU devices, and an installed libtpu or
-# CUDA plugin must not claim a device.
+# CUDA plugin must not claim a device. JAX_PLATFORMS=cuda pytest ... runs a test file on a GPU.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
-os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 import pytest

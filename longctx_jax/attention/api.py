@@ -2,25 +2,35 @@
 
 Implementations differ in cost only: `reference` (dense, O(T*S) memory), `blockwise` (pure-JAX
 online softmax with a recomputing backward, O(T+S) memory, empty tiles skipped), `xla` (JAX's own
-jax.nn.dot_product_attention: the baseline; no soft cap) and `auto` (the best one for the
-backend). Inputs are checked here, on shapes and dtypes, before any compilation.
+jax.nn.dot_product_attention: the baseline; no soft cap), `cudnn` (NVIDIA's fused kernel; causal /
+sliding-window masks on the implicit layout only), `pallas_tpu` / `pallas_gpu` (the Pallas
+flash-attention kernels; interpreted on other platforms) and `auto`: `pallas_tpu` on TPU,
+`AUTO_GPU` on CUDA GPUs, `blockwise` elsewhere -- chosen by the platform the computation is
+lowered for (`lax.platform_dependent`), so an ahead-of-time compile for TPU gets the TPU kernel.
+Inputs are checked here, on shapes and dtypes, before any compilation.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from longctx_jax.attention import cudnn
 from longctx_jax.attention.blockwise import blockwise_attention
 from longctx_jax.attention.mask import AttentionMask
+from longctx_jax.attention.pallas import pallas_attention
 from longctx_jax.attention.reference import reference_attention, reference_weights
 from longctx_jax.attention.xla import xla_attention
 
-IMPLEMENTATIONS = ("reference", "blockwise", "xla", "auto")
-PLANNED = ("pallas_tpu", "pallas_gpu")
+IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn", "pallas_tpu", "pallas_gpu", "auto")
+# What `auto` runs on CUDA GPUs when cuDNN can take the call: cuDNN was 2-3x faster than the
+# Pallas GPU kernel on an H100 (docs/figures/bench_attention_gpu_h*). Otherwise: pallas_gpu.
+AUTO_GPU = "cudnn"
 
 
 def attention(
@@ -40,25 +50,46 @@ def attention(
       q: [batch, q_len, num_heads, head_dim].
       k, v: [batch, kv_len, num_kv_heads, head_dim]; num_heads % num_kv_heads == 0.
       mask: an `AttentionMask` (causal, window, segment ids, positions); None = all visible.
-      impl: "reference" | "blockwise" | "xla" (jax.nn.dot_product_attention, dense) | "auto".
+      impl: one of IMPLEMENTATIONS (see the module docstring); "auto" = best for the platform.
       scale: logit scale, default 1 / sqrt(head_dim).
       logits_soft_cap: c > 0 turns scaled logits s into c * tanh(s / c).
       alibi_slopes: [num_heads]; adds -slope * (q_pos - kv_pos) to the logits.
 
     Returns [batch, q_len, num_heads, head_dim] in q's dtype. A query that sees no key gets 0.
     """
-    impl = _resolve_impl(impl)
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
     resolved, scale = _prepare(q, k, v, mask, scale, logits_soft_cap, alibi_slopes)
     if impl == "xla" and logits_soft_cap is not None:
         raise ValueError(
             f"logits_soft_cap={logits_soft_cap!r}: impl='xla' (jax.nn.dot_product_attention) has "
             "no soft cap; use impl='reference' or 'blockwise'"
         )
-    kwargs = dict(scale=scale, soft_cap=logits_soft_cap, slopes=alibi_slopes)
-    implementation = dict(
-        reference=reference_attention, blockwise=blockwise_attention, xla=xla_attention
-    )[impl]
-    return implementation(q, k, v, resolved, **kwargs)
+    no_cudnn = cudnn.unsupported(q, k, mask, logits_soft_cap, alibi_slopes)
+    if impl == "cudnn" and no_cudnn:
+        raise ValueError(f"impl='cudnn' cannot take {no_cudnn}; use 'pallas_gpu' or 'blockwise'")
+
+    def run(name, q, k, v, resolved, slopes):
+        if name == "cudnn":
+            return cudnn.cudnn_attention(q, k, v, mask, scale=scale)
+        kwargs = dict(scale=scale, soft_cap=logits_soft_cap, slopes=slopes)
+        if name.startswith("pallas_"):
+            return pallas_attention(name, q, k, v, resolved, **kwargs)
+        implementation = dict(
+            reference=reference_attention, blockwise=blockwise_attention, xla=xla_attention
+        )[name]
+        return implementation(q, k, v, resolved, **kwargs)
+
+    args = (q, k, v, resolved, alibi_slopes)
+    if impl != "auto":
+        return run(impl, *args)
+    gpu = "pallas_gpu" if no_cudnn else AUTO_GPU
+    return lax.platform_dependent(
+        *args,
+        tpu=functools.partial(run, "pallas_tpu"),
+        cuda=functools.partial(run, gpu),
+        default=functools.partial(run, "blockwise"),
+    )
 
 
 def attention_weights(
@@ -70,18 +101,6 @@ def attention_weights(
     return reference_weights(
         q, k, v, resolved, scale=scale, soft_cap=logits_soft_cap, slopes=alibi_slopes
     )
-
-
-def _resolve_impl(impl: str) -> str:
-    if impl in PLANNED:
-        raise ValueError(
-            f"impl={impl!r}: the Pallas kernels are not built yet; use one of {IMPLEMENTATIONS}"
-        )
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
-    if impl == "auto":
-        return "blockwise"  # Best on every backend until the Pallas kernels land.
-    return impl
 
 
 def _prepare(q, k, v, mask, scale, soft_cap, slopes):

@@ -22,10 +22,15 @@ from longctx_jax.eval.cost import attention_flops, matmul_flops_per_second, temp
 from longctx_jax.eval.table import format_rows, mib, speedup
 
 MODES = ("fwd", "fwd+bwd")
+TOKENS = 32768  # tokens per measurement when batch=0 (batch = TOKENS // length)
 
 
 def attention_fn(impl: str, causal: bool):
-    """q, k, v -> output for `impl`: "xla" is jax.nn.dot_product_attention, else attention()."""
+    """q, k, v -> output for `impl`: "xla" is jax.nn.dot_product_attention, else attention().
+
+    "xla" is JAX's dense attention with the mask given as `is_causal` (no mask arrays), the
+    baseline; every other name goes through `attention()` (so "cudnn" is NVIDIA's kernel).
+    """
     if impl == "xla":
         return lambda q, k, v: jax.nn.dot_product_attention(
             q, k, v, is_causal=causal, implementation="xla"
@@ -45,21 +50,31 @@ def forward_backward(fn):
 
 
 def default_memory_budget() -> int:
-    """Half of this machine's physical memory: the most a baseline may ask for."""
+    """Half of the device's memory (host memory on CPU): the most a baseline may ask for."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) // 2
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 def measure(impl, mode, length, *, batch, heads, head_dim, causal, dtype, budget, repeats):
-    """One row of the results table."""
+    """One row of the results table; `batch` 0 means enough rows for `TOKENS` tokens."""
+    batch = batch or max(1, TOKENS // length)
     keys = jax.random.split(jax.random.key(length), 4)
     shape = (batch, length, heads, head_dim)
     q, k, v, d_out = (jax.random.normal(key, shape, dtype) for key in keys)
     fn = attention_fn(impl, causal)
     args = (q, k, v) if mode == "fwd" else (q, k, v, d_out)
     fn = fn if mode == "fwd" else forward_backward(fn)
-    compiled = jax.jit(fn).lower(*args).compile()
-    temps = temp_bytes(compiled)
-    row = dict(impl=impl, mode=mode, length=length, temp_bytes=temps, seconds=None)
+    row = dict(impl=impl, mode=mode, length=length, batch=batch, temp_bytes=None, seconds=None)
+    try:
+        compiled = jax.jit(fn).lower(*args).compile()
+    except jax.errors.JaxRuntimeError as error:  # e.g. a GPU autotuner out of memory
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        row["skipped"] = "out of memory while compiling"
+        return row
+    temps = row["temp_bytes"] = temp_bytes(compiled)
     if temps is not None and temps > budget:
         row["skipped"] = f"needs {temps / 2**30:.1f} GiB of temporaries > budget"
         return row
@@ -85,7 +100,8 @@ def run_benchmark(
 ):
     """Measures every (impl, mode, length); returns the results dict written to results.json."""
     budget = default_memory_budget() if budget is None else budget
-    matmul_rate = matmul_flops_per_second(dtype=dtype)
+    on_accelerator = jax.default_backend() != "cpu"
+    matmul_rate = matmul_flops_per_second(size=8192 if on_accelerator else 2048, dtype=dtype)
     rows = []
     grid = [(length, impl, mode) for length in lengths for impl in impls for mode in MODES]
     for length, impl, mode in tqdm(grid, desc="bench attention", unit="run"):
@@ -137,6 +153,7 @@ def format_table(results) -> str:
         ("mode", 8, lambda r: r["mode"]),
         ("L", 6, lambda r: r["length"]),
         ("time s", 9, lambda r: f"{r['seconds']:.3f}"),
+        ("B", 3, lambda r: r.get("batch", "")),
         ("GFLOP/s", 8, lambda r: f"{r['flops_per_second'] / 1e9:.1f}"),
         ("of mm", 6, lambda r: f"{r['fraction_of_matmul']:.0%}"),
         ("speedup", 8, speedup),

@@ -22,11 +22,15 @@ import pytest
 
 from longctx_jax.attention import AttentionMask, attention
 from longctx_jax.attention.blockwise import blockwise_attention
+from longctx_jax.attention.pallas import pallas_attention
 
 # "blockwise_tiled" calls the blockwise kernel directly with small tiles, so lengths are not
 # multiples of the block (padding) and causal / windowed / packed masks skip whole tiles.
 IMPLS = ("reference", "blockwise", "blockwise_tiled", "auto")
 TILED_BLOCKS = (16, 32)
+# Small (block_q, block_kv) for the Pallas kernels: several blocks per test length, within each
+# backend's rules (TPU key blocks are multiples of 128 lanes; GPU blocks are powers of two).
+PALLAS_TILED = dict(pallas_tpu_tiled=(32, 128), pallas_gpu_tiled=(16, 32))
 
 F32_RTOL = 1e-5  # max |error| relative to max |expected|, outputs and gradients
 BF16_RTOL = 2e-2
@@ -346,7 +350,24 @@ def jax_nn_out_and_grads(q, k, v, w, mask=None, *, scale=None, slopes=None):
 
 
 def call_impl(impl, q, k, v, mask=None, *, scale=None, soft_cap=None, slopes=None, blocks=None):
-    """One implementation; "blockwise_tiled" = the blockwise kernel with small `blocks`."""
+    """One implementation; "blockwise_tiled" = the blockwise kernel with small `blocks`, and
+    "pallas_tpu_tiled" / "pallas_gpu_tiled" the Pallas kernels with small `blocks`."""
+    if impl in PALLAS_TILED:
+        b, t, _, h = q.shape
+        block_q, block_kv = PALLAS_TILED[impl] if blocks is None else blocks
+        resolved = (AttentionMask() if mask is None else mask).resolved(b, t, k.shape[1])
+        return pallas_attention(
+            impl.removesuffix("_tiled"),
+            q,
+            k,
+            v,
+            resolved,
+            scale=1.0 / math.sqrt(h) if scale is None else scale,
+            soft_cap=soft_cap,
+            slopes=slopes,
+            block_q=block_q,
+            block_kv=block_kv,
+        )
     if impl == "blockwise_tiled":
         b, t, _, h = q.shape
         block_q, block_kv = TILED_BLOCKS if blocks is None else blocks

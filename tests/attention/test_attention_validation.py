@@ -109,10 +109,28 @@ def test_bad_dtypes(entry, qkv, match):
         ENTRIES[entry](*qkv())
 
 
-@pytest.mark.parametrize("impl", ["flash", "", "Reference", "pallas_tpu", "pallas_gpu"])
+@pytest.mark.parametrize("impl", ["flash", "", "Reference", "pallas", "cuDNN"])
 def test_bad_impl(impl):
     with pytest.raises(ValueError, match=rf"impl='{impl}'"):
         attention(*arrays(), impl=impl)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (dict(), "dtype float32"),
+        (dict(mask=AttentionMask(causal=True, q_positions=ids((B, S)))), "positions"),
+        (dict(mask=AttentionMask(window=3)), "bidirectional window"),
+        (dict(logits_soft_cap=5.0), "logits_soft_cap"),
+    ],
+    ids=["float32", "positions", "bidirectional_window", "soft_cap"],
+)
+def test_cudnn_refuses_what_it_cannot_compute(options, match):
+    q, k, v = arrays(q_shape=(B, S, N, H))  # cuDNN takes equal lengths only
+    if "mask" in options or "logits_soft_cap" in options:
+        q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    with pytest.raises(ValueError, match=rf"impl='cudnn' cannot take .*{match}"):
+        attention(q, k, v, impl="cudnn", **options)
 
 
 def test_errors_raise_while_tracing_under_jit():
