@@ -45,7 +45,8 @@ class Backend:
 
     name: str
     platform: str  # the lowering platform whose compiled kernel is the real one
-    # (problem, q_len, kv_len, head_dim, block_q, block_kv) -> (block_q, block_kv), or ValueError
+    # (q_len, kv_len, head_dim, block_q, block_kv, *, backward) -> (block_q, block_kv) for the
+    # forward or backward pass (user blocks, else the backend's defaults), or a ValueError
     blocks: Callable
     padded_head_dim: Callable[[int], int]
     forward: Callable  # (problem, interpret, q, k, v, slopes, mask, rows) -> (out, lse)
@@ -76,31 +77,44 @@ def flash_attention(
     check_inputs(q, k, v, q_positions, kv_positions, q_segment_ids, kv_segment_ids, slopes)
     _, n, t, h = q.shape
     s = k.shape[2]
-    bq, bkv = backend.blocks(t, s, h, block_q, block_kv)
-    problem = Problem(
-        causal=bool(causal),
-        window=window,
-        scale=default_scale(h, scale),
-        soft_cap=soft_cap,
-        has_alibi=slopes is not None,
-        block_q=bq,
-        block_kv=bkv,
-        num_groups=n // k.shape[1],
-    )
-    t_pad, s_pad, h_pad = round_up(t, bq), round_up(s, bkv), backend.padded_head_dim(h)
+
+    def problem_for(backward: bool) -> Problem:
+        bq, bkv = backend.blocks(t, s, h, block_q, block_kv, backward=backward)
+        return Problem(
+            causal=bool(causal),
+            window=window,
+            scale=default_scale(h, scale),
+            soft_cap=soft_cap,
+            has_alibi=slopes is not None,
+            block_q=bq,
+            block_kv=bkv,
+            num_groups=n // k.shape[1],
+        )
+
+    # The forward and backward passes may tile differently (their best blocks differ on GPUs);
+    # lengths are padded to a multiple of both (block sizes are powers of two or of 128).
+    forward, backward = problem_for(False), problem_for(True)
+    t_pad = round_up(t, max(forward.block_q, backward.block_q))
+    s_pad = round_up(s, max(forward.block_kv, backward.block_kv))
+    h_pad = backend.padded_head_dim(h)
     q_pos, q_seg = (pad_axis(x.astype(jnp.int32), 1, t_pad) for x in (q_positions, q_segment_ids))
     kv_pos = pad_axis(kv_positions.astype(jnp.int32), 1, s_pad)
     hidden = jnp.min(q_seg) - 1  # a segment no query has
     kv_seg = pad_axis(kv_segment_ids.astype(jnp.int32), 1, s_pad, hidden)
     mask = (q_pos, q_seg, kv_pos, kv_seg)
-    classes = block_sparsity.tile_classes(problem, *mask)
-    rows, cols = block_sparsity.row_schedule(classes), block_sparsity.column_schedule(classes)
+    rows = block_sparsity.row_schedule(block_sparsity.tile_classes(forward, *mask))
+    classes = block_sparsity.tile_classes(backward, *mask)
+    schedules = (
+        rows,
+        block_sparsity.row_schedule(classes),
+        block_sparsity.column_schedule(classes),
+    )
 
     def pad(x, length):
         return pad_axis(pad_axis(x, 2, length, 0), 3, h_pad, 0)
 
     out = _flash(
-        problem,
+        (forward, backward),
         backend,
         interpret,
         pad(q, t_pad),
@@ -108,11 +122,9 @@ def flash_attention(
         pad(v, s_pad),
         None if slopes is None else slopes.astype(jnp.float32),
         mask,
-        rows,
-        cols,
+        schedules,
     )
-    out = out[:, :, :t, :h]
-    return out
+    return out[:, :, :t, :h]
 
 
 def dispatch(backend: Backend, interpret: bool | None, kernel: Callable, *args):
@@ -127,8 +139,8 @@ def dispatch(backend: Backend, interpret: bool | None, kernel: Callable, *args):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _flash(problem, backend, interpret, q, k, v, slopes, mask, rows, cols):
-    out, _ = _run_forward(problem, backend, interpret, q, k, v, slopes, mask, rows)
+def _flash(problems, backend, interpret, q, k, v, slopes, mask, schedules):
+    out, _ = _run_forward(problems[0], backend, interpret, q, k, v, slopes, mask, schedules[0])
     return out
 
 
@@ -137,13 +149,14 @@ def _run_forward(problem, backend, interpret, q, k, v, slopes, mask, rows):
     return dispatch(backend, interpret, kernel, q, k, v, slopes, mask, rows)
 
 
-def _flash_fwd(problem, backend, interpret, q, k, v, slopes, mask, rows, cols):
-    out, lse = _run_forward(problem, backend, interpret, q, k, v, slopes, mask, rows)
-    return out, (q, k, v, slopes, mask, rows, cols, out, lse)
+def _flash_fwd(problems, backend, interpret, q, k, v, slopes, mask, schedules):
+    out, lse = _run_forward(problems[0], backend, interpret, q, k, v, slopes, mask, schedules[0])
+    return out, (q, k, v, slopes, mask, schedules, out, lse)
 
 
-def _flash_bwd(problem, backend, interpret, residuals, d_out):
-    q, k, v, slopes, mask, rows, cols, out, lse = residuals
+def _flash_bwd(problems, backend, interpret, residuals, d_out):
+    q, k, v, slopes, mask, (_, rows, cols), out, lse = residuals
+    problem = problems[1]
     d_out = d_out.astype(q.dtype)
     # D = rowsum(dO * O), the softmax-gradient correction, float32 [B, N, T].
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
@@ -153,7 +166,7 @@ def _flash_bwd(problem, backend, interpret, residuals, d_out):
     dkv_kernel = functools.partial(backend.backward_dkv, problem)
     dk, dv = dispatch(backend, interpret, dkv_kernel, *common, cols, d_out, lse, delta)
     dslopes = None if slopes is None else dslope_rows.sum(axis=(0, 2))
-    return dq, dk, dv, dslopes, None, None, None
+    return dq, dk, dv, dslopes, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

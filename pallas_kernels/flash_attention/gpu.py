@@ -24,10 +24,15 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.flash_attention import driver
 from pallas_kernels.flash_attention.problem import softcap_grad, tile_logits
 
-# Default blocks per head_dim, from benchmarks/pallas_gpu_blocks.py and `longctx bench attention`
-# on an H100 (bf16, causal): head_dim 128 runs best at 64 x 64 (forward+backward 253 TFLOP/s at
-# 16k; 128 x 64 has the best forward alone but its backward spills), head_dim 64 at 128 x 64.
-DEFAULT_BLOCKS = {64: (128, 64), 128: (64, 64)}
+# Default (block_q, block_kv) per (head_dim up to, pass), from benchmarks/pallas_gpu_blocks.py on
+# an H100 (bf16, causal, L = 16k, head_dim 128, 4 warps): the forward runs best at 128 x 64
+# (274 TFLOP/s), the backward at 64 x 64 (128-row blocks spill); head_dim 64: 128 x 64 for both.
+DEFAULT_BLOCKS = {
+    (64, "forward"): (128, 64),
+    (64, "backward"): (128, 64),
+    (256, "forward"): (128, 64),
+    (256, "backward"): (64, 64),
+}
 NUM_WARPS, NUM_STAGES = 4, 2
 MIN_BLOCK = 16
 
@@ -47,9 +52,10 @@ def _is_pow2(x: int) -> bool:
     return x >= 1 and x & (x - 1) == 0
 
 
-def _blocks(q_len, kv_len, head_dim, block_q, block_kv):
+def _blocks(q_len, kv_len, head_dim, block_q, block_kv, *, backward: bool):
     """Validated (block_q, block_kv): powers of two >= 16, shrunk for short inputs."""
-    default_q, default_kv = DEFAULT_BLOCKS[64 if head_dim <= 64 else 128]
+    size = 64 if head_dim <= 64 else 256
+    default_q, default_kv = DEFAULT_BLOCKS[size, "backward" if backward else "forward"]
     block_q = default_q if block_q is None else block_q
     block_kv = default_kv if block_kv is None else block_kv
     for name, value in (("block_q", block_q), ("block_kv", block_kv)):

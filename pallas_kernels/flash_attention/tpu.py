@@ -37,8 +37,10 @@ def _dot(a, b, dims=None):
     return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _blocks(q_len, kv_len, head_dim, block_q, block_kv):
-    """Validated (block_q, block_kv): a block covering the whole padded length is always fine."""
+def _blocks(q_len, kv_len, head_dim, block_q, block_kv, *, backward: bool):
+    """Validated (block_q, block_kv), the same for both passes: a block covering the whole padded
+    length is always fine."""
+    del backward
     block_q = DEFAULT_BLOCK_Q if block_q is None else block_q
     block_kv = DEFAULT_BLOCK_KV if block_kv is None else block_kv
     for name, value in (("block_q", block_q), ("block_kv", block_kv)):

@@ -92,7 +92,7 @@ def compile_for_tpu(
         kv_heads=kv_heads,
         head_dim=head_dim,
         dtype=jnp.dtype(dtype).name,
-        blocks=tpu.BACKEND.blocks(length, length, head_dim, block_q, block_kv),
+        blocks=tpu.BACKEND.blocks(length, length, head_dim, block_q, block_kv, backward=False),
         mosaic_kernels=lowered.as_text().count("tpu_custom_call"),
         compile_seconds=round(time.perf_counter() - start, 2),
         argument_bytes=int(memory.argument_size_in_bytes),

@@ -91,13 +91,11 @@ def test_soft_cap_alibi_and_scale(impl, seed):
 
 @pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
 def test_public_call_default_blocks(impl, seed):
-    """attention(impl=...) with the backend's default blocks (one block at these lengths)."""
+    """attention(impl=...) with the backend's default blocks; on GPU the forward (128 x 64) and
+    backward (64 x 64) passes tile head_dim 128 differently."""
     rng = np.random.default_rng(seed)
-    shape = SHAPES[0]
-    q, k, v, w, mask = grid_case(rng, shape, "sliding")
-    out = jax.jit(lambda q, k, v: attention(q, k, v, mask=mask, impl=impl))(q, k, v)
-    expected, _ = reference_attention(q, k, v, mask)
-    assert_close(out, expected, F32_RTOL, f"[seed={seed} {impl} default blocks]")
+    q, k, v, w, mask = grid_case(rng, SHAPES[2], "sliding")
+    check_case(impl, q, k, v, w, mask, f"[seed={seed} {impl} default blocks]", F32_RTOL)
 
 
 @pytest.mark.parametrize("impl", KERNELS)

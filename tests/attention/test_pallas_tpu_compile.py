@@ -30,7 +30,9 @@ def test_forward_and_backward_compile_for_tpu(topology, head_dim):
 
 def test_mosaic_rejects_a_64_wide_key_block(monkeypatch):
     """Without our own check, Mosaic's compiler refuses key blocks that are not 128-lane tiles."""
-    unchecked = dataclasses.replace(tpu.BACKEND, blocks=lambda t, s, h, bq, bkv: (bq, bkv))
+    unchecked = dataclasses.replace(
+        tpu.BACKEND, blocks=lambda t, s, h, bq, bkv, backward: (bq, bkv)
+    )
     monkeypatch.setattr(tpu, "BACKEND", unchecked)
     with pytest.raises(ValueError, match="divisible by 8 and 128"):
         compile_for_tpu("v5e:2x2", length=1024, block_q=128, block_kv=64)
