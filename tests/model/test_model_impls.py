@@ -1,7 +1,8 @@
 """Every attention implementation gives the same model: logits and parameter gradients.
 
 T = 300 spans two key blocks of `blockwise` (block_kv 256), with packed documents, a soft cap and
-GQA, so tile skipping, partial tiles and padding are all on the path. (ALiBi across
+GQA, so tile skipping, partial tiles and padding are all on the path; the Pallas kernels (interpret
+mode) see the same model. (ALiBi across
 implementations is covered by the attention tests and by test_model_causality's gradients.)
 """
 
@@ -31,7 +32,8 @@ def test_impls_agree_on_logits_and_param_gradients(seed):
     tokens, targets = random_tokens(rng, b, t), random_tokens(rng, b, t)
     segment_ids, positions = packed_segments(rng, b, t, docs=3)
     results = {}
-    for impl in ("reference", "blockwise", "auto"):
+    # The Pallas kernels run in interpret mode here, with their default blocks (one block each).
+    for impl in ("reference", "blockwise", "auto", "pallas_tpu", "pallas_gpu"):
         cfg = tiny_config(
             {
                 "attention.impl": impl,
