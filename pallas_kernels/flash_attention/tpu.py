@@ -6,9 +6,11 @@ schedule (block_sparsity.py) is scalar-prefetched into SMEM and read by the inde
 step past the row's count maps to the block already in VMEM: no copy, and `pl.when` skips the
 body. FULL tiles skip the mask arithmetic.
 
-Layouts Mosaic accepts: per-row values (query positions, segment ids, log-sum-exp, D) are
-[B, (N,) T, 1] columns; key positions and segment ids are [B, 1, S] rows, so key blocks must be
-multiples of 128 lanes (or the whole padded key length) and query blocks multiples of 8.
+Layouts: query positions and segment ids are [B, T, 1] columns, key positions and segment ids
+[B, 1, S] rows (so they broadcast against a [bq, bkv] tile without relayout); the per-row float32
+state that lives in HBM between the passes (log-sum-exp, D = rowsum(dO * O), d/d slope) is stored
+lane-dense as [B, N, 1, T] rows and turned into columns in VMEM, because a [T, 1] column in HBM is
+padded to 128 lanes (128x the bytes). Both block sizes are multiples of 128 (Mosaic's lane tile).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pallas_kernels.flash_attention.problem import round_up, softcap_grad, tile_
 
 DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_KV = 512
-LANES, SUBLANES = 128, 8
+LANES = 128
 
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
@@ -46,14 +48,13 @@ def _blocks(q_len, kv_len, head_dim, block_q, block_kv, *, backward: bool):
     for name, value in (("block_q", block_q), ("block_kv", block_kv)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: expected a positive int")
-    if block_q % SUBLANES:
-        raise ValueError(f"block_q={block_q}: the TPU kernel needs a multiple of {SUBLANES}")
-    if block_kv % LANES:
-        raise ValueError(
-            f"block_kv={block_kv}: the TPU kernel needs a multiple of {LANES} (key positions "
-            "and segment ids ride in the 128 lanes)"
-        )
-    return min(block_q, round_up(q_len, SUBLANES)), min(block_kv, round_up(kv_len, SUBLANES))
+    for name, value in (("block_q", block_q), ("block_kv", block_kv)):
+        if value % LANES:
+            raise ValueError(
+                f"{name}={value}: the TPU kernel needs a multiple of {LANES} (key positions and "
+                "per-row statistics ride in the 128 lanes)"
+            )
+    return min(block_q, round_up(q_len, LANES)), min(block_kv, round_up(kv_len, LANES))
 
 
 def _head_dim(head_dim: int) -> int:
@@ -74,6 +75,21 @@ def _mask_inputs(mask):
 
 def _slope_spec(problem):
     return [pl.BlockSpec(memory_space=pltpu.SMEM)] if problem.has_alibi else []
+
+
+def _to_row(col):
+    """[n, 1] -> [1, n] (n a multiple of 128) through one lane-broadcast transpose."""
+    return jnp.broadcast_to(col, (col.shape[0], LANES)).T[:1]
+
+
+def _to_col(row):
+    """[1, n] -> [n, 1], the inverse of `_to_row`."""
+    return jnp.broadcast_to(row, (LANES, row.shape[1])).T[:, :1]
+
+
+def _row_spec(bq, index):
+    """Spec of a lane-dense [B, N, 1, T] per-row array; `index` gives (b, head, q_block)."""
+    return pl.BlockSpec((None, None, 1, bq), lambda *a: (*index(*a)[:2], 0, index(*a)[2]))
 
 
 def _step(counts_ref, steps_ref, outer_row, j, n_steps):
@@ -128,7 +144,7 @@ def _forward_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
         seen = m != -jnp.inf  # the row saw at least one key
         l_safe = jnp.where(seen, l, 1.0)
         o_ref[...] = jnp.where(seen, acc_scr[...] / l_safe, 0.0).astype(o_ref.dtype)
-        lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), 0.0)
+        lse_ref[...] = _to_row(jnp.where(seen, m + jnp.log(l_safe), 0.0))
 
 
 def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
@@ -152,7 +168,7 @@ def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
         in_specs=[q_spec, kv_spec, kv_spec, *mask_specs, *_slope_spec(problem)],
         out_specs=[
             q_spec,
-            pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j, *_: (b, n, i, 0)),
+            _row_spec(bq, lambda b, n, i, *_: (b, n, i)),
         ],
         scratch_shapes=[
             pltpu.VMEM((bq, 1), jnp.float32),
@@ -166,7 +182,7 @@ def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
         grid_spec=grid_spec,
         out_shape=[
             jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct((b, n, t, 1), jnp.float32),
+            jax.ShapeDtypeStruct((b, n, 1, t), jnp.float32),
         ],
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
@@ -218,8 +234,8 @@ def _dq_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
             k,
             v_ref[...],
             do_ref[...],
-            lse_ref[...],
-            delta_ref[...],
+            _to_col(lse_ref[...]),
+            _to_col(delta_ref[...]),
             masks,
             slope,
             masked,
@@ -235,7 +251,7 @@ def _dq_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
     def _finish():
         dq_ref[...] = (dq_scr[...] * problem.scale).astype(dq_ref.dtype)
         if dslope_ref is not None:
-            dslope_ref[...] = dslope_scr[...]
+            dslope_ref[...] = _to_row(dslope_scr[...])
 
 
 def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, interpret):
@@ -249,7 +265,7 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
         return steps[(b * nq + i) * nkv + j] // 2
 
     q_spec = pl.BlockSpec((None, None, bq, h), lambda b, n, i, j, *_: (b, n, i, 0))
-    row_spec = pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j, *_: (b, n, i, 0))
+    row_spec = _row_spec(bq, lambda b, n, i, *_: (b, n, i))
     kv_spec = pl.BlockSpec(
         (None, None, bkv, h), lambda b, n, i, j, c, st: (b, n // g, kv_block(b, n, i, j, c, st), 0)
     )
@@ -269,7 +285,7 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
         kernel,
         grid_spec=grid_spec,
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)]
-        + ([jax.ShapeDtypeStruct((b, n, t, 1), jnp.float32)] if alibi else []),
+        + ([jax.ShapeDtypeStruct((b, n, 1, t), jnp.float32)] if alibi else []),
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
         ),
@@ -285,9 +301,9 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
         *([] if slopes is None else [slopes]),
         d_out,
         lse,
-        delta[..., None],
+        delta[:, :, None, :],
     )
-    return outs[0], (outs[1][..., 0] if alibi else None)
+    return outs[0], (outs[1][:, :, 0, :] if alibi else None)
 
 
 def _dkv_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
@@ -314,8 +330,8 @@ def _dkv_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
             k_ref[...],
             v_ref[...],
             do,
-            lse_ref[...],
-            delta_ref[...],
+            _to_col(lse_ref[...]),
+            _to_col(delta_ref[...]),
             masks,
             slope,
             masked,
@@ -345,7 +361,7 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
         return (b, kh * g + gi, q_block(b, kh, j, gi, i, c, st), 0)
 
     q_spec = pl.BlockSpec((None, None, bq, h), q_index)
-    row_spec = pl.BlockSpec((None, None, bq, 1), q_index)
+    row_spec = _row_spec(bq, lambda *a: q_index(*a)[:3])
     kv_spec = pl.BlockSpec((None, None, bkv, h), lambda b, kh, j, *_: (b, kh, j, 0))
     mask_specs = _mask_specs(problem, q_block, lambda b, kh, j, *_: j)
     grid_spec = pltpu.PrefetchScalarGridSpec(
@@ -376,7 +392,7 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
         *([] if slopes is None else [slopes]),
         d_out,
         lse,
-        delta[..., None],
+        delta[:, :, None, :],
     )
     return dk, dv
 

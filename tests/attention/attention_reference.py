@@ -29,8 +29,8 @@ from longctx_jax.attention.pallas import pallas_attention
 IMPLS = ("reference", "blockwise", "blockwise_tiled", "auto")
 TILED_BLOCKS = (16, 32)
 # Small (block_q, block_kv) for the Pallas kernels: several blocks per test length, within each
-# backend's rules (TPU key blocks are multiples of 128 lanes; GPU blocks are powers of two).
-PALLAS_TILED = dict(pallas_tpu_tiled=(32, 128), pallas_gpu_tiled=(16, 32))
+# backend's rules (TPU blocks are multiples of 128 lanes; GPU blocks are powers of two).
+PALLAS_TILED = dict(pallas_tpu_tiled=(128, 128), pallas_gpu_tiled=(16, 32))
 
 F32_RTOL = 1e-5  # max |error| relative to max |expected|, outputs and gradients
 BF16_RTOL = 2e-2

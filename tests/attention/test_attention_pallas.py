@@ -131,7 +131,7 @@ def test_auto_is_blockwise_on_cpu(seed):
     "kernel,blocks,message",
     [
         (tpu, dict(block_kv=64), "multiple of 128"),
-        (tpu, dict(block_q=20), "multiple of 8"),
+        (tpu, dict(block_q=64), "block_q=64: the TPU kernel needs a multiple of 128"),
         (gpu, dict(block_q=48), "power of two"),
         (gpu, dict(block_kv=8), "power of two >= 16"),
     ],

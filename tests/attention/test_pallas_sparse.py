@@ -1,21 +1,16 @@
 """The Pallas sparse-attention kernel against float64 numpy (interpret mode here) and its TPU
 ahead-of-time compile (Mosaic's own compiler, libtpu, no TPU)."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import topologies
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-
-from jax.experimental import topologies  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from pallas_kernels.sparse_attention import tpu  # noqa: E402
-from pallas_kernels.sparse_attention.reference import reference_sparse_attention  # noqa: E402
+from pallas_kernels.sparse_attention import tpu
+from pallas_kernels.sparse_attention.reference import reference_sparse_attention
 
 
 def numpy_sparse_attention(q, k, v, indices, scale):

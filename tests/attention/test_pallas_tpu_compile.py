@@ -6,14 +6,11 @@ tiling mistakes that interpret mode accepts; the last test shows it does.
 """
 
 import dataclasses
-import os
 
 import pytest
 
-os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu's host discovery
-
-from pallas_kernels.flash_attention import tpu  # noqa: E402
-from pallas_kernels.flash_attention.tpu_compile import compile_for_tpu  # noqa: E402
+from pallas_kernels.flash_attention import tpu
+from pallas_kernels.flash_attention.tpu_compile import compile_for_tpu
 
 
 @pytest.mark.parametrize(
@@ -24,8 +21,9 @@ def test_forward_and_backward_compile_for_tpu(topology, head_dim):
     print(stats)
     assert stats["mosaic_kernels"] == 3, stats  # forward, dQ and dK/dV, all compiled
     assert stats["blocks"] == (512, 512)
-    # O(L) state, never the L x L matrix (4096^2 f32 logits per head alone are 64 MiB).
-    assert 0 < stats["temp_bytes"] < 256 * 2**20, stats
+    # O(L) state, never the L x L matrix (4096^2 f32 logits of one head alone are 64 MiB); the
+    # per-row statistics are stored lane-dense (a [T, 1] layout would add 4 * 128 bytes per row).
+    assert 0 < stats["temp_bytes"] < 32 * 2**20, stats
 
 
 def test_mosaic_rejects_a_64_wide_key_block(monkeypatch):
