@@ -104,8 +104,9 @@ def context_parallel_attention(
     impl = _resolve_impl(impl)
     if strategy == "ring" and impl not in RING_IMPLEMENTATIONS:
         raise ValueError(
-            f"impl={impl!r}: strategy='ring' needs an implementation with an (out, lse) form, one "
-            f"of {tuple(RING_IMPLEMENTATIONS)}; strategy='all_gather' takes any of {IMPLEMENTATIONS}"
+            f"impl={impl!r}: strategy='ring' needs an implementation with an (out, lse) form, "
+            f"one of {tuple(RING_IMPLEMENTATIONS)}; strategy='all_gather' takes any of "
+            f"{IMPLEMENTATIONS}"
         )
     resolved, scale = _prepare(q, k, v, mask, scale, logits_soft_cap, alibi_slopes)
     n = mesh.shape[axis_name]
