@@ -12,6 +12,10 @@ Because classification reads positions, causal, sliding-window, packed-document 
 
 GQA: queries are laid out [B, K, G, T, H] so each key/value head serves its G query heads inside
 one matmul; K/V are never repeated.
+
+`blockwise_forward` (output and log-sum-exp) and `blockwise_backward` (gradients from a whole
+row's output and log-sum-exp) expose the two passes separately: ring attention (ring.py) runs
+them on one key chunk at a time and merges the chunks itself.
 """
 
 from __future__ import annotations
