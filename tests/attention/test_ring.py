@@ -22,7 +22,7 @@ from attention_reference import (
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from longctx_jax.attention import AttentionMask, attention
+from longctx_jax.attention import AttentionMask, attention, ring
 from longctx_jax.attention.ring import (
     LAYOUTS,
     STRATEGIES,
@@ -183,3 +183,33 @@ def test_row_that_sees_nothing_is_zero(seed):
     assert np.all(np.asarray(dq[:, blind]) == 0)
     assert np.isfinite(np.asarray(dk)).all() and np.isfinite(np.asarray(dv)).all()
     assert np.abs(np.asarray(out[:, LENGTH // 2 :])).max() > 0
+
+
+@pytest.mark.parametrize(
+    "layout,window,computed",
+    [
+        ("contiguous", None, 4 * 5 // 2),  # device d computes chunks 0..d
+        ("zigzag", None, 4 * 4),  # every chunk pair holds some causal work
+        ("contiguous", LENGTH // 4, 4 + 3),  # a window of one chunk: own and previous chunk
+    ],
+)
+def test_empty_steps_are_skipped(monkeypatch, layout, window, computed, seed):
+    """Counts, on device, the ring steps whose local attention actually ran (n = 4)."""
+    calls = []
+    forward, backward = ring.RING_IMPLEMENTATIONS["blockwise"]
+
+    def counting_forward(*args, **kwargs):
+        jax.debug.callback(lambda: calls.append(1))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setitem(ring.RING_IMPLEMENTATIONS, "blockwise", (counting_forward, backward))
+    rng = np.random.default_rng(seed)
+    q, k, v, _ = inputs(rng, jnp.float32)
+
+    def reorder(x):
+        return reorder_for_context_parallel(x, 4, layout=layout)
+
+    mask = permuted_mask(AttentionMask(causal=True, window=window), None, reorder)
+    out = context_parallel_attention(reorder(q), reorder(k), reorder(v), mask=mask, mesh=mesh_of(4))
+    jax.block_until_ready(out)
+    assert len(calls) == computed
