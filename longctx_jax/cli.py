@@ -28,6 +28,9 @@ _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
 _DEVICES = flags.DEFINE_list(
     "devices", ["1", "2", "4", "8"], "bench ring: devices on the sequence axis."
 )
+_MEMORY_LENGTHS = flags.DEFINE_list(
+    "memory_lengths", [], "bench ring: further lengths, compiled for memory only (not timed)."
+)
 
 COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench ring")
 
@@ -130,6 +133,7 @@ def bench_ring() -> None:
     results = run_ring_benchmark(
         [int(n) for n in _LENGTHS.value],
         devices,
+        memory_lengths=[int(n) for n in _MEMORY_LENGTHS.value],
         config=_CONFIG.value,
         train_devices=max(devices),
         heads=_HEADS.value,

@@ -61,7 +61,8 @@ def _fwd_bwd(strategy: str, mesh):
 
 
 def measure_attention(strategy, n, length, *, batch, heads, kv_heads, head_dim, repeats):
-    """Rows for forward+backward on n devices at length L: one per layout (one for SINGLE)."""
+    """Rows for forward+backward on n devices at length L: one per layout (one for SINGLE);
+    repeats=0 compiles only (memory, no time: one row, layout "-")."""
     mesh = Mesh(np.asarray(jax.devices()[:n]), ("sequence",))
     seq = NamedSharding(mesh, P(None, "sequence"))
     keys = jax.random.split(jax.random.key(length), 4)
@@ -73,6 +74,8 @@ def measure_attention(strategy, n, length, *, batch, heads, kv_heads, head_dim, 
     tokens = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     compiled = jax.jit(_fwd_bwd(strategy, mesh)).lower(q, k, v, d_out, tokens).compile()
     memory = dict(temp_bytes=temp_bytes(compiled), peak_bytes=peak_bytes(compiled))
+    if repeats == 0:
+        return [dict(strategy=strategy, n=n, length=length, layout="-", seconds=None, **memory)]
     rows = []
     for layout in (None,) if strategy == SINGLE else LAYOUTS:
         positions = (
@@ -121,6 +124,7 @@ def run_ring_benchmark(
     lengths,
     devices=(1, 2, 4, 8),
     *,
+    memory_lengths=(),
     config=None,
     train_devices=8,
     batch=1,
@@ -130,23 +134,26 @@ def run_ring_benchmark(
     repeats=3,
     budget=None,
 ):
-    """Attention rows for every (L, n, strategy) and, with `config`, the longest trainable
-    sequence on 1 vs `train_devices` sequence devices; the dict written to results.json."""
+    """Attention rows for every (L, n, strategy) (at `memory_lengths`: compiled only, memory
+    rows) and, with `config`, the longest trainable sequence on 1 vs `train_devices` sequence
+    devices; the dict written to results.json."""
     budget = default_memory_budget() if budget is None else budget
     if max(devices) > jax.device_count():
         raise ValueError(
             f"devices={tuple(devices)}: only {jax.device_count()} devices; on a CPU host set "
             "XLA_FLAGS=--xla_force_host_platform_device_count=8"
         )
-    grid = [(length, SINGLE, 1) for length in lengths]
-    grid += [(length, s, n) for length in lengths for n in devices for s in STRATEGIES]
+    runs = [(SINGLE, 1)] + [(s, n) for n in devices for s in STRATEGIES]
+    grid = [(length, repeats, s, n) for length in lengths for s, n in runs]
+    grid += [(length, 0, s, n) for length in memory_lengths for s, n in runs]
     rows = []
-    for length, strategy, n in tqdm(grid, desc="bench ring", unit="run"):
+    for length, reps, strategy, n in tqdm(grid, desc="bench ring", unit="run"):
         size = dict(batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
-        rows += measure_attention(strategy, n, length, repeats=repeats, **size)
+        rows += measure_attention(strategy, n, length, repeats=reps, **size)
     base = {r["length"]: r for r in rows if r["strategy"] == SINGLE}
     for r in rows:
-        r["time_vs_single"] = r["seconds"] / base[r["length"]]["seconds"]
+        if r["seconds"] is not None:
+            r["time_vs_single"] = r["seconds"] / base[r["length"]]["seconds"]
         r["temp_vs_single"] = r["temp_bytes"] / base[r["length"]]["temp_bytes"]
     balance = {
         layout: {str(n): _max_over_min(causal_work_per_shard(16 * n, n, layout)) for n in devices}
@@ -175,8 +182,8 @@ def format_ring_table(results) -> str:
         ("n", 2, lambda r: r["n"]),
         ("L", 6, lambda r: r["length"]),
         ("layout", 10, lambda r: r["layout"]),
-        ("time s", 8, lambda r: f"{r['seconds']:.3f}"),
-        ("x single", 8, lambda r: f"{r['time_vs_single']:.2f}"),
+        ("time s", 8, lambda r: "-" if r["seconds"] is None else f"{r['seconds']:.3f}"),
+        ("x single", 8, lambda r: f"{r['time_vs_single']:.2f}" if "time_vs_single" in r else "-"),
         ("temp MiB", 9, mib),
         ("peak MiB", 9, lambda r: f"{r['peak_bytes'] / 2**20:.0f}"),
         ("x single", 8, lambda r: f"{r['temp_vs_single']:.2f}"),

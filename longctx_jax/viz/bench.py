@@ -65,7 +65,7 @@ def plot_ring_bench(results, path) -> None:
     ax_mem.set_title("per-device temporaries, fwd+bwd (star: one device, blockwise)", fontsize=9)
     ax_mem.set_ylabel("XLA temporaries (MiB)")
 
-    longest = lengths[-1]
+    longest = max(r["length"] for r in rows if r["seconds"] is not None)
     for j, layout in enumerate(sorted({r["layout"] for r in rows} - {"-"})):
         for strategy, style in (("ring", "-"), ("all_gather", "--")):
             sel = [r for r in rows if (r["length"], r["strategy"], r["layout"]) ==

@@ -16,8 +16,13 @@ from longctx_jax.eval.ring_bench import (  # noqa: E402
 
 
 def test_ring_benchmark_rows_and_outputs(tmp_path):
-    results = run_ring_benchmark([256], (1, 4), heads=2, kv_heads=1, head_dim=8, repeats=1)
-    rows = results["rows"]
+    results = run_ring_benchmark(
+        [256], (1, 4), memory_lengths=[512], heads=2, kv_heads=1, head_dim=8, repeats=1
+    )
+    memory_only = [r for r in results["rows"] if r["length"] == 512]
+    assert len(memory_only) == 1 + 2 * 2
+    assert all(r["seconds"] is None and r["temp_bytes"] > 0 for r in memory_only)
+    rows = [r for r in results["rows"] if r["length"] == 256]
     keys = {(r["strategy"], r["n"], r["layout"]) for r in rows}
     for n in (1, 4):
         for strategy in ("ring", "all_gather"):
