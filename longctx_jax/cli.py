@@ -3,6 +3,7 @@
 longctx train --config configs/quickstart.py --workdir runs/x [--config.KEY=VALUE ...]
 longctx bench attention [--lengths=1024,2048] [--impls=xla,blockwise] [--workdir=...]
 longctx bench attention --impls=xla,cudnn,pallas_gpu --dtype=bfloat16 --batch=0   (on a GPU)
+longctx bench ring [--lengths=...] [--devices=1,2,4,8] [--config=configs/quickstart.py]
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
 _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
 _BATCH = flags.DEFINE_integer("batch", 1, "bench: batch size; 0 = 32768 tokens per measurement.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: input dtype.")
+_DEVICES = flags.DEFINE_list(
+    "devices", ["1", "2", "4", "8"], "bench ring: devices on the sequence axis."
+)
+_MEMORY_LENGTHS = flags.DEFINE_list(
+    "memory_lengths", [], "bench ring: further lengths, compiled for memory only (not timed)."
+)
 
-COMMANDS = ("train", "ablate", "bench attention", "bench train")
+COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench ring")
 
 
 def train() -> None:
@@ -114,6 +121,35 @@ def bench_train() -> None:
     print(f"wrote {workdir / 'results.json'}")
 
 
+def bench_ring() -> None:
+    import os
+
+    # On a CPU host the devices are simulated; the flag must be set before JAX starts a backend.
+    devices = [int(n) for n in _DEVICES.value]
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={max(devices)}"
+    )
+    from longctx_jax.eval.ring_bench import (
+        format_ring_table,
+        run_ring_benchmark,
+        write_ring_results,
+    )
+
+    results = run_ring_benchmark(
+        [int(n) for n in _LENGTHS.value],
+        devices,
+        memory_lengths=[int(n) for n in _MEMORY_LENGTHS.value],
+        config=_CONFIG.value,
+        train_devices=max(devices),
+        heads=_HEADS.value,
+        head_dim=_HEAD_DIM.value,
+        repeats=_REPEATS.value,
+    )
+    workdir = write_ring_results(results, _WORKDIR.value or "runs/bench_ring")
+    print(format_ring_table(results))
+    print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
+
+
 def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     command = " ".join(argv[1:])
@@ -125,6 +161,8 @@ def main(argv) -> None:
         bench_attention()
     elif command == "bench train":
         bench_train()
+    elif command == "bench ring":
+        bench_ring()
     else:
         raise app.UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
 

@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.tensor = 1
     config.mesh.sequence = 1
     config.mesh.logical_axis_rules = DEFAULT_RULES
+    # With sequence > 1, how the data pipeline lays tokens out over the sequence devices:
+    # "zigzag" | "striped" (causal work balanced) | "contiguous" (see attention/ring.py).
+    config.mesh.context_parallel_layout = "zigzag"
 
     # Multi-process runs (TPU pods, GPU clusters, or several processes on localhost).
     config.distributed = ml_collections.ConfigDict()

@@ -16,12 +16,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 
-# Logical axis -> mesh axis (or axes). `length` rides on `sequence` (context parallelism); `embed`
-# on `fsdp` (parameters sharded ZeRO-3 style); heads / mlp / vocab on `tensor` (Megatron style).
+# Logical axis -> mesh axis (or axes). `length` and `kv_length` ride on `sequence` (context
+# parallelism: attention.ring moves K/V between devices itself); `embed` on `fsdp` (parameters
+# sharded ZeRO-3 style); heads / mlp / vocab on `tensor` (Megatron style).
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("length", "sequence"),
-    ("kv_length", None),
+    ("kv_length", "sequence"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -94,6 +95,13 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """How a [batch, length] input array is laid out: batch over data axes, length by the rules."""
     spec = nn.logical_to_mesh_axes(("batch", "length"), rules)
     return NamedSharding(mesh, spec)
+
+
+def length_shards(mesh: Mesh, rules) -> int:
+    """How many devices the logical `length` axis is split over (1: no context parallelism)."""
+    axes = nn.logical_to_mesh_axes(("length",), rules)[0]
+    axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

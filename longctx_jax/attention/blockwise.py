@@ -12,6 +12,10 @@ Because classification reads positions, causal, sliding-window, packed-document 
 
 GQA: queries are laid out [B, K, G, T, H] so each key/value head serves its G query heads inside
 one matmul; K/V are never repeated.
+
+`blockwise_forward` (output and log-sum-exp) and `blockwise_backward` (gradients from a whole
+row's output and log-sum-exp) expose the two passes separately: ring attention (ring.py) runs
+them on one key chunk at a time and merges the chunks itself.
 """
 
 from __future__ import annotations
@@ -57,6 +61,67 @@ def blockwise_attention(
     block_kv: int = DEFAULT_BLOCK_KV,
 ):
     """Attention output [B, T, N, H] in q's dtype; see module docstring."""
+    static, args = _blocked(q, k, v, mask, scale, soft_cap, slopes, block_q, block_kv)
+    return _unblock_q(_attend(static, *args), q.shape[1])
+
+
+def blockwise_forward(
+    q,
+    k,
+    v,
+    mask: ResolvedMask,
+    *,
+    scale: float,
+    soft_cap: float | None,
+    slopes,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_kv: int = DEFAULT_BLOCK_KV,
+):
+    """(out [B, T, N, H] in q's dtype, lse [B, T, N] float32), not differentiable.
+
+    lse is the log of each row's softmax denominator (-inf for a row that sees no key), so
+    partial results over disjoint key sets merge exactly (context-parallel ring attention).
+    """
+    static, args = _blocked(q, k, v, mask, scale, soft_cap, slopes, block_q, block_kv)
+    out_blk, lse_blk = _forward(static, *args)
+    t = q.shape[1]
+    return _unblock_q(out_blk, t), _unblock_q(lse_blk[..., None], t)[..., 0]
+
+
+def blockwise_backward(
+    q,
+    k,
+    v,
+    mask: ResolvedMask,
+    out,
+    lse,
+    d_out,
+    *,
+    scale: float,
+    soft_cap: float | None,
+    slopes,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_kv: int = DEFAULT_BLOCK_KV,
+):
+    """float32 (dq, dk, dv, d_slopes or None) of the keys in k, v for queries q.
+
+    `out` [B, T, N, H] and `lse` [B, T, N] are those of the whole attention row (over every key,
+    not only these), so gradients over disjoint key sets add up to the full gradient.
+    """
+    static, args = _blocked(q, k, v, mask, scale, soft_cap, slopes, block_q, block_kv)
+    nq, bq, num_kv = args[0].shape[0], args[0].shape[4], k.shape[2]
+    out_blk, d_out_blk = (_block_q(x, num_kv, nq, bq) for x in (out, d_out))
+    lse_blk = _block_q(lse[..., None], num_kv, nq, bq)[..., 0]
+    dq_blk, dk_blk, dv_blk, d_slopes = _backward(
+        static, (*args, out_blk, lse_blk), d_out_blk, grad_dtypes=(jnp.float32,) * 3
+    )
+    dq = _unblock_q(dq_blk, q.shape[1]) * scale  # the blocked q was pre-scaled
+    dk, dv = (_unblock_kv(x, k.shape[1]) for x in (dk_blk, dv_blk))
+    return dq, dk, dv, None if d_slopes is None else d_slopes.reshape(slopes.shape)
+
+
+def _blocked(q, k, v, mask, scale, soft_cap, slopes, block_q, block_kv):
+    """(static constants, blocked arguments of `_attend`) for one call."""
     b, t, n, h = q.shape
     s_len, num_kv = k.shape[1], k.shape[2]
     bq, bkv = _block_size(block_q, t, "block_q"), _block_size(block_kv, s_len, "block_kv")
@@ -64,7 +129,7 @@ def blockwise_attention(
 
     # Scaling q once (O(L)) saves a pass over every [bq, bkv] tile; JAX differentiates it.
     q_scaled = (q * jnp.asarray(scale, q.dtype)).astype(q.dtype)
-    q_blk = _to_blocks(_pad(split_heads(q_scaled, num_kv), 3, nq * bq), 3, nq)  # [nq,B,K,G,bq,H]
+    q_blk = _block_q(q_scaled, num_kv, nq, bq)  # [nq, B, K, G, bq, H]
     k_blk = _to_blocks(_pad(k.transpose(0, 2, 1, 3), 2, nkv * bkv), 2, nkv)  # [nkv, B, K, bkv, H]
     v_blk = _to_blocks(_pad(v.transpose(0, 2, 1, 3), 2, nkv * bkv), 2, nkv)
     q_pos, q_seg = (_to_blocks(_pad(x, 1, nq * bq), 1, nq) for x in mask_q(mask))
@@ -73,9 +138,22 @@ def blockwise_attention(
 
     static = _Static(mask.causal, mask.window, soft_cap, s_len, bkv)
     slopes_KG = None if slopes is None else slopes.reshape(num_kv, n // num_kv)
-    out_blk = _attend(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_seg, tiles)
-    out = _from_blocks(out_blk, 3)[:, :, :, :t]
-    return merge_heads(out)
+    return static, (q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_seg, tiles)
+
+
+def _block_q(x_BTNH, num_kv: int, nq: int, bq: int):
+    """[B, T, N, H] -> [nq, B, K, G, bq, H], T padded to nq * bq."""
+    return _to_blocks(_pad(split_heads(x_BTNH, num_kv), 3, nq * bq), 3, nq)
+
+
+def _unblock_q(x_blk, t: int):
+    """Inverse of `_block_q` (padding dropped)."""
+    return merge_heads(_from_blocks(x_blk, 3)[:, :, :, :t])
+
+
+def _unblock_kv(x_blk, s: int):
+    """[nkv, B, K, bkv, H] -> [B, S, K, H] (padding dropped)."""
+    return _from_blocks(x_blk, 2)[:, :, :s].transpose(0, 2, 1, 3)
 
 
 def mask_q(mask: ResolvedMask):
@@ -154,7 +232,7 @@ def _tile_logits(static, q_i, kT_j, slopes_KG, qp_i, qs_i, kp_j, ks_j, j, masked
 
 
 def _forward(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_seg, tiles):
-    """Online-softmax forward; returns (out blocks in q's dtype, lse blocks float32)."""
+    """Online-softmax forward; (out blocks in q's dtype, lse blocks float32, -inf if unseen)."""
     nkv = k_blk.shape[0]
     kT_blk = k_blk.swapaxes(-1, -2)  # [nkv, B, K, H, bkv], transposed once rather than per tile
 
@@ -195,7 +273,7 @@ def _forward(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_se
         # A row saw a key iff its running max left -inf (NaN inputs stay NaN, as in the reference).
         seen = ~jnp.isneginf(m)
         out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
         return out.astype(q_i.dtype), lse
 
     idx = jnp.arange(q_blk.shape[0])
@@ -214,8 +292,19 @@ def _attend_fwd(static, q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv
 
 
 def _attend_bwd(static, res, d_out):
+    q_blk, k_blk, v_blk = res[:3]
+    dtypes = (q_blk.dtype, k_blk.dtype, v_blk.dtype)
+    dq, dk, dv, d_slopes = _backward(static, res, d_out, grad_dtypes=dtypes)
+    return dq, dk, dv, d_slopes, None, None, None, None, None
+
+
+def _backward(static, res, d_out, *, grad_dtypes):
+    """Blocked (dq, dk, dv) in `grad_dtypes` and d_slopes (or None) from the saved residuals."""
     q_blk, k_blk, v_blk, slopes_KG, q_pos, q_seg, kv_pos, kv_seg, tiles, out, lse = res
+    dq_dtype, dk_dtype, dv_dtype = grad_dtypes
     nq = q_blk.shape[0]
+    # A row that sees no key has no finite lse; any finite value gives it p = 0 on masked logits.
+    lse = jnp.where(jnp.isneginf(lse), 0.0, lse)
     # D_i = rowsum(dO * O): the softmax-gradient correction, float32.
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     has_alibi = slopes_KG is not None
@@ -271,7 +360,7 @@ def _attend_bwd(static, res, d_out):
         dv0 = jnp.zeros(v_j.swapaxes(-1, -2).shape, jnp.float32)
         ds0 = jnp.zeros(slopes_KG.shape, jnp.float32) if has_alibi else None
         dq_acc, dk, dv, d_slopes = lax.fori_loop(0, nq, step, (dq_acc, dk0, dv0, ds0))
-        dk, dv = dk.swapaxes(-1, -2).astype(k_j.dtype), dv.swapaxes(-1, -2).astype(v_j.dtype)
+        dk, dv = dk.swapaxes(-1, -2).astype(dk_dtype), dv.swapaxes(-1, -2).astype(dv_dtype)
         return dq_acc, (dk, dv, d_slopes)
 
     dq0 = jnp.zeros(q_blk.shape, jnp.float32)
@@ -279,7 +368,7 @@ def _attend_bwd(static, res, d_out):
     dq, (dk, dv, d_slopes) = lax.scan(one_key_block, dq0, (idx, k_blk, v_blk, kv_pos, kv_seg))
     if has_alibi:
         d_slopes = d_slopes.sum(0).astype(slopes_KG.dtype)
-    return dq.astype(q_blk.dtype), dk, dv, d_slopes, None, None, None, None, None
+    return dq.astype(dq_dtype), dk, dv, d_slopes
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

@@ -10,6 +10,7 @@ Train (one process's view):
       pack_documents(seq_len, document_masking)    packing.py (grain ConcatThenSplit)
       .batch(rows per process, drop_remainder)
       [process_sharding="batch": the global batch, then this process's rows of it]
+      [context_parallel=(n, layout): every row laid out over n devices, attention.ring]
       ThreadPrefetchIterDataset(prefetch_batches)  batches made in a background thread
 
 `make_train_iterator` returns the grain DatasetIterator: `get_state()` (a small JSON-able dict, no
@@ -36,6 +37,7 @@ from numbers import Integral
 import grain
 import numpy as np
 
+from longctx_jax.attention.ring import check_layout, reorder_for_context_parallel
 from longctx_jax.data.config import validate_data_config
 from longctx_jax.data.lengths import apply_length_distribution, length_distribution_from_config
 from longctx_jax.data.packing import ROW_KEYS, pack_documents
@@ -71,10 +73,23 @@ def _rows(batch, *, start, stop):
     return {key: np.ascontiguousarray(value[start:stop]) for key, value in batch.items()}
 
 
-def make_train_dataset(config, *, process_index=0, process_count=1):
-    """The grain IterDataset of this process's train batches (see the module docstring)."""
+def _laid_out(batch, *, num_shards, layout):
+    return {
+        key: reorder_for_context_parallel(value, num_shards, layout=layout)
+        for key, value in batch.items()
+    }
+
+
+def make_train_dataset(config, *, process_index=0, process_count=1, context_parallel=None):
+    """The grain IterDataset of this process's train batches (see the module docstring).
+
+    `context_parallel=(num_shards, layout)` permutes every per-token array of each batch once
+    (`reorder_for_context_parallel`) for a sequence sharded over num_shards devices.
+    """
     validate_data_config(config)
     _check_process(process_index, process_count, config.batch_size)
+    if context_parallel is not None:
+        check_layout(config.seq_len, *context_parallel)
     rows_per_process = config.batch_size // process_count
     documents = document_dataset(config, "train")
     by_source = config.process_sharding == "source"
@@ -94,6 +109,9 @@ def make_train_dataset(config, *, process_index=0, process_count=1):
         batches = rows.batch(config.batch_size, drop_remainder=True).map(
             functools.partial(_rows, start=start, stop=start + rows_per_process)
         )
+    if context_parallel is not None:
+        num_shards, layout = context_parallel
+        batches = batches.map(functools.partial(_laid_out, num_shards=num_shards, layout=layout))
     if config.prefetch_batches:
         batches = grain.experimental.ThreadPrefetchIterDataset(
             batches, prefetch_buffer_size=config.prefetch_batches
@@ -101,13 +119,19 @@ def make_train_dataset(config, *, process_index=0, process_count=1):
     return batches
 
 
-def make_train_iterator(config, *, process_index=0, process_count=1):
+def make_train_iterator(config, *, process_index=0, process_count=1, context_parallel=None):
     """This process's endless iterator of train batches: dicts of [batch_size / process_count,
     seq_len] numpy arrays `tokens`, `targets`, `segment_ids`, `positions` (int32) and `weights`
-    (float32). Save `get_state()` with a checkpoint; `set_state(state)` on a fresh iterator resumes.
+    (float32), laid out for `context_parallel=(num_shards, layout)` if given. Save `get_state()`
+    with a checkpoint; `set_state(state)` on a fresh iterator resumes.
     """
     return iter(
-        make_train_dataset(config, process_index=process_index, process_count=process_count)
+        make_train_dataset(
+            config,
+            process_index=process_index,
+            process_count=process_count,
+            context_parallel=context_parallel,
+        )
     )
 
 

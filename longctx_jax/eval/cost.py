@@ -39,6 +39,16 @@ def temp_bytes(compiled) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
+def peak_bytes(compiled) -> int | None:
+    """Per-device bytes a compiled computation needs at once: arguments + outputs + temporaries,
+    less outputs aliased to arguments (None if not reported). An upper bound on the live peak."""
+    a = compiled.memory_analysis()
+    if a is None:
+        return None
+    total = a.argument_size_in_bytes + a.output_size_in_bytes + a.temp_size_in_bytes
+    return int(total - a.alias_size_in_bytes)
+
+
 def matmul_flops_per_second(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
     """This machine's dense matmul rate (FLOP/s) for a size x size x size product."""
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)

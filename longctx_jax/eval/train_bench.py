@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from tqdm import tqdm
 
 from longctx_jax import sharding
@@ -37,29 +38,45 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
     )
 
 
+def compile_train_step(config, seq_len: int):
+    """(compiled train step, state, batch) for `config` at seq_len on the config's mesh.
+
+    The state is built sharded, the batch laid out by the logical rules, and the step compiled
+    under the mesh and rules, as the trainer does (so `length` on `sequence` is context parallel).
+    """
+    config = config.copy_and_resolve_references()
+    config.data.seq_len = seq_len
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.logical_rules(config.mesh)
+    model, optimizer = DecoderLM(config.model), make_optimizer(config.train)
+    state, state_shardings = init_state(config, model, optimizer, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    batch = jax.device_put(synthetic_batch(config.data.batch_size, seq_len), batch_sharding)
+    step = functools.partial(
+        train_step, model=model, optimizer=optimizer, num_buckets=num_position_buckets(seq_len)
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        jitted = jax.jit(
+            step,
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+        )
+        return jitted.lower(state, batch).compile(), state, batch
+
+
 def measure_step(config, impl: str, seq_len: int, *, repeats: int, budget: int) -> dict:
     """One row: temporaries of the compiled step, and tokens/s unless they exceed `budget`."""
     config = config.copy_and_resolve_references()
     config.model.attention.impl = impl
-    config.data.seq_len = seq_len
     for axis in sharding.MESH_AXES:
         config.mesh[axis] = 1
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.mesh)
-    model, optimizer = DecoderLM(config.model), make_optimizer(config.train)
-    state, _ = init_state(config, model, optimizer, mesh, rules)
-    batch = synthetic_batch(config.data.batch_size, seq_len)
-    step = functools.partial(
-        train_step, model=model, optimizer=optimizer, num_buckets=num_position_buckets(seq_len)
-    )
-    with jax.set_mesh(mesh):
-        compiled = jax.jit(step).lower(state, batch).compile()
-        temps = temp_bytes(compiled)
-        row = dict(impl=impl, seq_len=seq_len, temp_bytes=temps, seconds=None)
-        if temps is not None and temps > budget:
-            row["skipped"] = f"needs {temps / 2**30:.1f} GiB of temporaries > budget"
-            return row
-        seconds = time_call(compiled, state, batch, repeats=repeats)
+    compiled, state, batch = compile_train_step(config, seq_len)
+    temps = temp_bytes(compiled)
+    row = dict(impl=impl, seq_len=seq_len, temp_bytes=temps, seconds=None)
+    if temps is not None and temps > budget:
+        row["skipped"] = f"needs {temps / 2**30:.1f} GiB of temporaries > budget"
+        return row
+    seconds = time_call(compiled, state, batch, repeats=repeats)
     tokens = config.data.batch_size * seq_len
     row.update(seconds=seconds, tokens_per_second=tokens / seconds)
     return row

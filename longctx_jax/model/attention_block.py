@@ -6,8 +6,9 @@ Position schemes (config `position.kind`):
   alibi  `alibi_slopes(num_heads)` handed to `attention()`, which adds -slope * (q_pos - kv_pos).
   nope   nothing: positions only reach the causal mask.
 Positions and segment ids ride in the `AttentionMask`, so packed documents, permuted layouts and
-(later) context-parallel chunks need no special case here. `attend` is the only place attention
-is computed; a context-parallel implementation replaces that one function.
+context-parallel chunks need no special case here. `attend` is the only place attention is
+computed: when the current mesh (`jax.set_mesh`) and logical rules shard `length` over more than
+one device, it calls `context_parallel_attention` with the `attention.context_parallel` strategy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from longctx_jax.attention import AttentionMask, attention, attention_weights
+from longctx_jax.attention.ring import context_parallel_attention
 from longctx_jax.model.config import rope_scaling_kwargs
 from longctx_jax.model.layers import normal_init
 from longctx_jax.positions import alibi_slopes, apply_rope, rope_frequencies
@@ -32,7 +34,33 @@ def attend(q_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
     options = dict(mask=mask, logits_soft_cap=cfg.attention.logits_soft_cap, alibi_slopes=slopes)
     if capture is not None:
         capture("attention_weights", attention_weights(q_BTNH, k_BSKH, v_BSKH, **options))
-    return attention(q_BTNH, k_BSKH, v_BSKH, impl=cfg.attention.impl, **options)
+    mesh, axis = jax.sharding.get_abstract_mesh(), context_parallel_axis()
+    if axis is None:
+        return attention(q_BTNH, k_BSKH, v_BSKH, impl=cfg.attention.impl, **options)
+    return context_parallel_attention(
+        q_BTNH,
+        k_BSKH,
+        v_BSKH,
+        mesh=mesh,
+        axis_name=axis,
+        strategy=cfg.attention.context_parallel,
+        impl=cfg.attention.impl,
+        **options,
+    )
+
+
+def context_parallel_axis() -> str | None:
+    """The mesh axis that the logical `length` axis is sharded over, if it spans more than one
+    device of the current mesh under the current `nn.logical_axis_rules`; else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axis = nn.logical_to_mesh_axes(("length",))[0]
+    if mesh.empty or axis is None:
+        return None
+    if isinstance(axis, tuple):
+        raise ValueError(
+            f"logical axis 'length' -> mesh axes {axis}: context parallelism needs one mesh axis"
+        )
+    return axis if mesh.shape[axis] > 1 else None
 
 
 def rope_for_length(cfg, seq_len: int):

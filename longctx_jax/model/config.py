@@ -24,6 +24,9 @@ Fields (defaults in brackets):
   remat [False]           recompute each block in the backward pass (activation checkpointing).
   attention.impl ["auto"]             an `longctx_jax.attention.IMPLEMENTATIONS` name.
   attention.logits_soft_cap [None]    float c > 0: logits -> c * tanh(logits / c).
+  attention.context_parallel ["ring"] how attention runs when the mesh shards `length` over
+                                      more than one device: "ring" | "all_gather"
+                                      (`longctx_jax.attention.ring.STRATEGIES`).
   position.kind ["rope"]              "rope" | "alibi" | "nope".
   position.rope_kind ["default"]      a `rope_frequencies` kind: default, linear, ntk, dynamic,
                                       yarn, llama3, longrope.
@@ -43,6 +46,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from longctx_jax.attention import IMPLEMENTATIONS
+from longctx_jax.attention.ring import STRATEGIES
 from longctx_jax.positions import LAYOUTS, ROPE_KINDS, rope_frequencies
 
 POSITION_KINDS = ("rope", "alibi", "nope")
@@ -87,6 +91,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.attention = ml_collections.ConfigDict()
     cfg.attention.impl = "auto"
     cfg.attention.logits_soft_cap = config_dict.placeholder(float)
+    cfg.attention.context_parallel = "ring"
 
     cfg.position = ml_collections.ConfigDict()
     cfg.position.kind = "rope"
@@ -133,6 +138,9 @@ def validate_model_config(cfg) -> None:
     impl = _get(cfg, "attention.impl")
     if impl not in IMPLEMENTATIONS:
         raise _invalid("attention.impl", impl, f"one of {IMPLEMENTATIONS}")
+    strategy = _get(cfg, "attention.context_parallel")
+    if strategy not in STRATEGIES:
+        raise _invalid("attention.context_parallel", strategy, f"one of {STRATEGIES}")
     cap = _get(cfg, "attention.logits_soft_cap")
     if cap is not None:
         _check_positive_float("attention.logits_soft_cap", cap, "None or a finite float > 0")

@@ -97,11 +97,15 @@ def train(config, workdir) -> dict:
     rules = sharding.logical_rules(config.mesh)
     model = DecoderLM(config.model)
     optimizer = make_optimizer(config.train)
+    shards = sharding.length_shards(mesh, rules)
+    data = make_train_iterator(
+        config.data,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        context_parallel=(shards, config.mesh.context_parallel_layout) if shards > 1 else None,
+    )
     state, state_shardings = init_state(config, model, optimizer, mesh, rules)
 
-    data = make_train_iterator(
-        config.data, process_index=jax.process_index(), process_count=jax.process_count()
-    )
     manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
     abstract = checkpointing.abstract_with_shardings(jax.eval_shape(lambda: state), state_shardings)
     restored, start = checkpointing.restore_latest(manager, abstract, data)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from etils import epath
 
+from longctx_jax.attention.ring import reorder_for_context_parallel
 from longctx_jax.data import (
     ROW_KEYS,
     decode,
@@ -53,6 +54,18 @@ def test_train_batches_follow_the_contract():
             batch["targets"][:, :-1][weighted], batch["tokens"][:, 1:][weighted]
         )
         assert set(np.unique(batch["weights"])) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("layout", ["zigzag", "striped"])
+def test_context_parallel_lays_out_every_key(layout):
+    config = small_config(prefetch_batches=0)
+    plain = take(make_train_iterator(config), 2)
+    laid_out = take(make_train_iterator(config, context_parallel=(4, layout)), 2)
+    want = [
+        {k: reorder_for_context_parallel(v, 4, layout=layout) for k, v in b.items()} for b in plain
+    ]
+    assert_same_batches(laid_out, want, f"context_parallel=(4, {layout!r})")
+    assert not np.array_equal(laid_out[0]["positions"], plain[0]["positions"])
 
 
 @pytest.mark.parametrize(
