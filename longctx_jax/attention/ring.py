@@ -45,6 +45,7 @@ from longctx_jax.attention.blockwise import (
     classify_tiles,
 )
 from longctx_jax.attention.mask import AttentionMask, ResolvedMask
+from longctx_jax.attention.pallas import pallas_backward, pallas_forward
 
 STRATEGIES = ("ring", "all_gather")
 LAYOUTS = ("contiguous", "zigzag", "striped")
@@ -52,7 +53,13 @@ LAYOUTS = ("contiguous", "zigzag", "striped")
 # Local implementations with an (out, lse) forward and a backward from whole-row statistics: what
 # one ring step needs. forward(q, k, v, mask, *, scale, soft_cap, slopes) -> (out, lse [B, T, N]);
 # backward(q, k, v, mask, out, lse, d_out, *, ...) -> float32 (dq, dk, dv, d_slopes).
-RING_IMPLEMENTATIONS = {"blockwise": (blockwise_forward, blockwise_backward)}
+RING_IMPLEMENTATIONS = {
+    "blockwise": (blockwise_forward, blockwise_backward),
+    **{
+        name: (functools.partial(pallas_forward, name), functools.partial(pallas_backward, name))
+        for name in ("pallas_tpu", "pallas_gpu")
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True)

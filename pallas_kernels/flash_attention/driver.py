@@ -54,7 +54,31 @@ class Backend:
     backward_dkv: Callable  # (..., q, k, v, slopes, mask, cols, d_out, lse, delta) -> (dk, dv)
 
 
-def flash_attention(
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """Padded inputs, static problems (forward, backward) and schedules of one call."""
+
+    problems: tuple[Problem, Problem]
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    slopes: jax.Array | None
+    mask: tuple
+    schedules: tuple  # forward rows, backward rows, backward columns
+    q_len: int
+    head_dim: int
+
+    def pad_rows(self, x, value=0):
+        """Pads a [B, N, T(, H)] per-query array like q."""
+        x = pad_axis(x, 2, self.q.shape[2], value)
+        return pad_axis(x, 3, self.q.shape[3], 0) if x.ndim == 4 else x
+
+    def unpad(self, x):
+        x = x[:, :, : self.q_len]
+        return x[..., : self.head_dim] if x.ndim == 4 else x
+
+
+def _prepare(
     backend: Backend,
     q,
     k,
@@ -71,9 +95,7 @@ def flash_attention(
     soft_cap: float | None = None,
     block_q: int | None = None,
     block_kv: int | None = None,
-    interpret: bool | None = None,
-):
-    """Attention output [B, N, T, H] in q's dtype; see problem.py for the exact function."""
+) -> _Prepared:
     check_inputs(q, k, v, q_positions, kv_positions, q_segment_ids, kv_segment_ids, slopes)
     _, n, t, h = q.shape
     s = k.shape[2]
@@ -113,18 +135,64 @@ def flash_attention(
     def pad(x, length):
         return pad_axis(pad_axis(x, 2, length, 0), 3, h_pad, 0)
 
-    out = _flash(
-        (forward, backward),
+    return _Prepared(
+        problems=(forward, backward),
+        q=pad(q, t_pad),
+        k=pad(k, s_pad),
+        v=pad(v, s_pad),
+        slopes=None if slopes is None else slopes.astype(jnp.float32),
+        mask=mask,
+        schedules=schedules,
+        q_len=t,
+        head_dim=h,
+    )
+
+
+def flash_attention(backend: Backend, q, k, v, *, interpret: bool | None = None, **options):
+    """Attention output [B, N, T, H] in q's dtype, differentiable; see problem.py.
+
+    options: q_positions, kv_positions, q_segment_ids, kv_segment_ids ([B, len] int), slopes,
+    causal, window, scale, soft_cap, block_q, block_kv.
+    """
+    p = _prepare(backend, q, k, v, **options)
+    out = _flash(p.problems, backend, interpret, p.q, p.k, p.v, p.slopes, p.mask, p.schedules)
+    return p.unpad(out)
+
+
+def flash_forward(backend: Backend, q, k, v, *, interpret: bool | None = None, **options):
+    """(out [B, N, T, H] in q's dtype, lse [B, N, T] float32, -inf for a row with no key).
+
+    Not differentiable: with `flash_backward`, the two halves a caller that combines partial
+    results over disjoint key sets (context-parallel ring attention) needs.
+    """
+    p = _prepare(backend, q, k, v, **options)
+    out, lse = _run_forward(
+        p.problems[0], backend, interpret, p.q, p.k, p.v, p.slopes, p.mask, p.schedules[0]
+    )
+    return p.unpad(out), p.unpad(lse)
+
+
+def flash_backward(
+    backend: Backend, q, k, v, out, lse, d_out, *, interpret: bool | None = None, **options
+):
+    """(dq, dk, dv, d_slopes or None) for these keys, given the whole row's `out` and `lse`.
+
+    `out` [B, N, T, H] and `lse` [B, N, T] may come from attention over more keys than k, v
+    (a ring step), so gradients over disjoint key sets add up to the full gradient.
+    """
+    p = _prepare(backend, q, k, v, **options)
+    grads = _backward(
+        p.problems[1],
         backend,
         interpret,
-        pad(q, t_pad),
-        pad(k, s_pad),
-        pad(v, s_pad),
-        None if slopes is None else slopes.astype(jnp.float32),
-        mask,
-        schedules,
+        (p.q, p.k, p.v, p.slopes, p.mask, p.schedules),
+        p.pad_rows(out),
+        p.pad_rows(lse),
+        p.pad_rows(d_out),
     )
-    return out[:, :, :t, :h]
+    dq, dk, dv, d_slopes = grads
+    kv_len, head_dim = k.shape[2], k.shape[3]
+    return p.unpad(dq), dk[:, :, :kv_len, :head_dim], dv[:, :, :kv_len, :head_dim], d_slopes
 
 
 def dispatch(backend: Backend, interpret: bool | None, kernel: Callable, *args):
@@ -155,8 +223,14 @@ def _flash_fwd(problems, backend, interpret, q, k, v, slopes, mask, schedules):
 
 
 def _flash_bwd(problems, backend, interpret, residuals, d_out):
-    q, k, v, slopes, mask, (_, rows, cols), out, lse = residuals
-    problem = problems[1]
+    q, k, v, slopes, mask, schedules, out, lse = residuals
+    inputs = (q, k, v, slopes, mask, schedules)
+    return (*_backward(problems[1], backend, interpret, inputs, out, lse, d_out), None, None)
+
+
+def _backward(problem, backend, interpret, inputs, out, lse, d_out):
+    """(dq, dk, dv, d_slopes) from the backward kernels, in the inputs' dtypes."""
+    q, k, v, slopes, mask, (_, rows, cols) = inputs
     d_out = d_out.astype(q.dtype)
     # D = rowsum(dO * O), the softmax-gradient correction, float32 [B, N, T].
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
@@ -166,7 +240,7 @@ def _flash_bwd(problems, backend, interpret, residuals, d_out):
     dkv_kernel = functools.partial(backend.backward_dkv, problem)
     dk, dv = dispatch(backend, interpret, dkv_kernel, *common, cols, d_out, lse, delta)
     dslopes = None if slopes is None else dslope_rows.sum(axis=(0, 2))
-    return dq, dk, dv, dslopes, None, None
+    return dq, dk, dv, dslopes
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -128,7 +128,7 @@ def _forward_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
     seen = m != -jnp.inf
     l_safe = jnp.where(seen, l, 1.0)
     o_ref[...] = jnp.where(seen[:, None], acc / l_safe[:, None], 0.0).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), 0.0)
+    lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), -jnp.inf)
 
 
 def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
@@ -167,7 +167,7 @@ def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
 def _tile_backward(problem, q, k, v, do, lse, delta, masks, slope, partial):
     """One tile's (p, dS, dS * cap') in float32 [bq, bkv]; see tpu.py's twin for the terms."""
     capped, s = tile_logits(problem, _dot(q, k, _NT), *masks, slope, partial)
-    p = jnp.exp(s - lse[:, None])
+    p = jnp.exp(s - jnp.where(lse == -jnp.inf, 0.0, lse)[:, None])  # a row with no key: p = 0
     ds = p * (_dot(do, v, _NT) - delta[:, None])
     cap = softcap_grad(problem, capped)
     return p, ds, ds if cap is None else ds * cap

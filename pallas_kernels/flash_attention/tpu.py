@@ -144,7 +144,7 @@ def _forward_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
         seen = m != -jnp.inf  # the row saw at least one key
         l_safe = jnp.where(seen, l, 1.0)
         o_ref[...] = jnp.where(seen, acc_scr[...] / l_safe, 0.0).astype(o_ref.dtype)
-        lse_ref[...] = _to_row(jnp.where(seen, m + jnp.log(l_safe), 0.0))
+        lse_ref[...] = _to_row(jnp.where(seen, m + jnp.log(l_safe), -jnp.inf))
 
 
 def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
@@ -190,7 +190,7 @@ def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
         interpret=interpret,
         name="flash_attention_fwd",
     )(counts, steps, q, k, v, *_mask_inputs(mask), *([] if slopes is None else [slopes]))
-    return out, lse
+    return out, lse[:, :, 0, :]
 
 
 # ----------------------------------------------------------------------------- backward
@@ -203,7 +203,7 @@ def _tile_backward(problem, q, k, v, do, lse, delta, masks, slope, masked):
     gradient with respect to q.k * scale (what dQ and dK need), returned third.
     """
     capped, s = tile_logits(problem, _dot(q, k, _NT), *masks, slope, masked)
-    p = jnp.exp(s - lse)
+    p = jnp.exp(s - jnp.where(lse == -jnp.inf, 0.0, lse))  # a row with no key: p = 0
     ds = p * (_dot(do, v, _NT) - delta)
     cap = softcap_grad(problem, capped)
     return p, ds, ds if cap is None else ds * cap
@@ -300,7 +300,7 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
         *_mask_inputs(mask),
         *([] if slopes is None else [slopes]),
         d_out,
-        lse,
+        lse[:, :, None, :],
         delta[:, :, None, :],
     )
     return outs[0], (outs[1][:, :, 0, :] if alibi else None)
@@ -391,7 +391,7 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
         *_mask_inputs(mask),
         *([] if slopes is None else [slopes]),
         d_out,
-        lse,
+        lse[:, :, None, :],
         delta[:, :, None, :],
     )
     return dk, dv

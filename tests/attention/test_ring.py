@@ -89,7 +89,9 @@ def out_and_grads(fn, q, k, v, w, slopes):
     return out, grads
 
 
-def run_case(seed, strategy, layout, n, kind, dtype=jnp.float32, alibi=False, soft_cap=None):
+def run_case(
+    seed, strategy, layout, n, kind, dtype=jnp.float32, alibi=False, soft_cap=None, impl="auto"
+):
     """(context-parallel (out, grads) in the original order, reference (out, grads), mask)."""
     rng = np.random.default_rng(seed)
     q, k, v, w = inputs(rng, dtype)
@@ -106,7 +108,15 @@ def run_case(seed, strategy, layout, n, kind, dtype=jnp.float32, alibi=False, so
 
     def cp(q, k, v, slopes):
         return context_parallel_attention(
-            q, k, v, mask=cp_mask, mesh=mesh, strategy=strategy, alibi_slopes=slopes, **options
+            q,
+            k,
+            v,
+            mask=cp_mask,
+            mesh=mesh,
+            strategy=strategy,
+            impl=impl,
+            alibi_slopes=slopes,
+            **options,
         )
 
     def ref(q, k, v, slopes):
@@ -144,6 +154,20 @@ def test_alibi_and_soft_cap(strategy, layout, n, seed):
         seed, strategy, layout, n, "causal+segments", alibi=True, soft_cap=3.0
     )
     what = f"[seed={seed} {strategy} {layout} n={n} alibi + soft cap]"
+    assert_close(out, ref_out, F32_RTOL, f"{what} out")
+    for name, got, want in zip(("dq", "dk", "dv"), grads[:3], ref_grads[:3], strict=True):
+        assert_close(got, want, F32_RTOL, f"{what} {name}")
+    assert_close(grads[3], ref_grads[3], DSLOPES_RTOL, f"{what} d alibi_slopes")
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_ring_steps_run_the_pallas_kernels(impl, seed):
+    """Each ring step through a Pallas kernel's (out, lse) forward and statistics backward
+    (interpret mode here), with ALiBi and a soft cap."""
+    (out, grads), (ref_out, ref_grads), _ = run_case(
+        seed, "ring", "zigzag", 4, "causal+segments", alibi=True, soft_cap=3.0, impl=impl
+    )
+    what = f"[seed={seed} ring {impl}]"
     assert_close(out, ref_out, F32_RTOL, f"{what} out")
     for name, got, want in zip(("dq", "dk", "dv"), grads[:3], ref_grads[:3], strict=True):
         assert_close(got, want, F32_RTOL, f"{what} {name}")
