@@ -1,0 +1,168 @@
+"""Sparse attention: every query attends only to the keys it selected (gather-based, pure JAX).
+
+The selection [B, T, k] is shared by all heads (DSA shares it over MQA) or given per KV head
+[B, T, K, k]; either way the query heads of one KV head (GQA group) share it, so a group's keys
+and values are gathered once. Queries are processed `block_q` at a time under `jax.checkpoint`, so
+the gathered keys and values ([block_q, k] per head) are temporaries recomputed in the backward
+pass: memory O(T * k) for the indices, O(block_q * k * head_dim) for the rest.
+
+A slot counts iff it is `valid` and the `AttentionMask` shows that key to the query; the softmax
+runs over the counted slots in float32. A query with no counted slot outputs 0 with 0 gradients,
+as `attention()` does. Valid slots must hold distinct indices (a repeated key would count twice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from longctx_jax.attention.mask import AttentionMask, ResolvedMask, visible
+from longctx_jax.attention.reference import merge_heads, split_heads
+
+DEFAULT_BLOCK_Q = 256
+
+
+def sparse_attention(
+    q, k, v, indices, *, mask=None, valid=None, scale=None, block_q: int = DEFAULT_BLOCK_Q
+):
+    """Attention of q [B, T, N, H] over the selected keys of k, v [B, S, K, H].
+
+    Args:
+      indices: int [B, T, k] (shared by all heads) or [B, T, K, k] (per KV head), in [0, S).
+      mask: an `AttentionMask`, applied to the selected keys; None = every selected key visible.
+      valid: bool, indices' shape; False slots are ignored. None = all slots valid.
+      scale: logit scale, default 1 / sqrt(head_dim).
+    Returns [B, T, N, H] in q's dtype.
+    """
+    indices_BTKk, valid_BTKk, resolved, scale = _prepare(q, k, v, indices, mask, valid, scale)
+    probs_fn = lambda *a: _block_probs(*a, scale=scale)  # noqa: E731
+
+    @jax.checkpoint
+    def one_block(q_blk, idx_blk, ok_blk, q_pos, q_seg):
+        p_BKGTk, v_sel = probs_fn(q_blk, k, v, idx_blk, ok_blk, q_pos, q_seg, resolved)
+        out = jnp.einsum(
+            "bkgtn,btknh->bkgth", p_BKGTk.astype(v.dtype), v_sel, preferred_element_type=jnp.float32
+        )
+        return out.astype(q.dtype)
+
+    out_BKGTH = _map_query_blocks(one_block, q, indices_BTKk, valid_BTKk, resolved, block_q)
+    return merge_heads(out_BKGTH)
+
+
+def sparse_attention_weights(q, k, indices, *, mask=None, valid=None, scale=None):
+    """Probabilities [B, N, T, k] (float32) over each query's selected slots; 0 in slots that do
+    not count. Per KV head selections give each head its own slots."""
+    indices_BTKk, valid_BTKk, resolved, scale = _prepare(q, k, k, indices, mask, valid, scale)
+    p_BKGTk, _ = _block_probs(
+        split_heads(q, k.shape[2]),
+        k,
+        k,
+        indices_BTKk,
+        valid_BTKk,
+        resolved.q_positions,
+        resolved.q_segment_ids,
+        resolved,
+        scale=scale,
+    )
+    b, kh, g, t, n = p_BKGTk.shape
+    return p_BKGTk.reshape(b, kh * g, t, n)
+
+
+def _block_probs(q_BKGTH, k, v, idx_BTKk, ok_BTKk, q_pos, q_seg, mask: ResolvedMask, *, scale):
+    """Probabilities [B, K, G, T, k] (float32) and gathered values [B, T, K, k, H] of a block."""
+    b = q_BKGTH.shape[0]
+    kh = k.shape[2]
+    batch = jnp.arange(b)[:, None, None, None]
+    head = jnp.arange(kh)[None, None, :, None]
+    k_sel = k[batch, idx_BTKk, head]  # [B, T, K, k, H]
+    v_sel = v[batch, idx_BTKk, head]
+    logits = jnp.einsum(
+        "bkgth,btknh->bkgtn", q_BKGTH, k_sel, preferred_element_type=jnp.float32
+    ) * jnp.float32(scale)
+    kv_pos = jnp.take_along_axis(mask.kv_positions[:, None, None, :], idx_BTKk, axis=-1)
+    kv_seg = jnp.take_along_axis(mask.kv_segment_ids[:, None, None, :], idx_BTKk, axis=-1)
+    seen = visible(
+        mask.causal, mask.window, q_pos[:, :, None, None], kv_pos, q_seg[:, :, None, None], kv_seg
+    )
+    ok_BKTk = (seen & ok_BTKk).transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, T, k]
+    logits = jnp.where(ok_BKTk, logits, -jnp.inf)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    p = jnp.where(ok_BKTk, jnp.exp(logits - row_max), 0.0)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    return p / jnp.where(denom > 0, denom, 1.0), v_sel
+
+
+def _map_query_blocks(fn, q, indices_BTKk, valid_BTKk, mask: ResolvedMask, block_q: int):
+    """Runs fn over query blocks (padding T to a multiple of block_q); returns [B, K, G, T, H]."""
+    b, t, _, _ = q.shape
+    bq = min(block_q, t)
+    n = -(-t // bq)
+    pad = n * bq - t
+
+    def blocks(x, axis):
+        x = jnp.pad(x, [(0, pad) if a == axis else (0, 0) for a in range(x.ndim)])
+        shape = x.shape[:axis] + (n, bq) + x.shape[axis + 1 :]
+        return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+    q_blk = blocks(split_heads(q, indices_BTKk.shape[2]), 3)
+    args = (
+        q_blk,
+        blocks(indices_BTKk, 1),
+        blocks(valid_BTKk, 1),
+        blocks(mask.q_positions, 1),
+        blocks(mask.q_segment_ids, 1),
+    )
+    out = lax.map(lambda a: fn(*a), args)  # [n, B, K, G, bq, H]
+    out = jnp.moveaxis(out, 0, 3)
+    return out.reshape(out.shape[:3] + (n * bq,) + out.shape[5:])[:, :, :, :t]
+
+
+def _prepare(q, k, v, indices, mask, valid, scale):
+    """Validates the arguments; returns (indices [B, T, K, k], valid, resolved mask, scale)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if getattr(x, "ndim", None) != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"{name} has shape {getattr(x, 'shape', None)}, dtype {getattr(x, 'dtype', None)}: "
+                "expected a floating [batch, len, heads, head_dim] array"
+            )
+    b, t, n, h = q.shape
+    _, s, kh, _ = k.shape
+    if k.shape[0] != b or k.shape[3] != h or v.shape != k.shape or n % kh:
+        raise ValueError(
+            f"q {q.shape}, k {k.shape}, v {v.shape}: expected k and v [batch, kv_len, "
+            "num_kv_heads, head_dim] with q's batch and head_dim, num_heads % num_kv_heads == 0"
+        )
+    idx_shape = tuple(getattr(indices, "shape", ()))
+    if (
+        idx_shape[:2] != (b, t)
+        or len(idx_shape) not in (3, 4)
+        or (len(idx_shape) == 4 and idx_shape[2] != kh)
+    ):
+        raise ValueError(
+            f"indices has shape {idx_shape}: expected [batch, q_len, k] = ({b}, {t}, k) or "
+            f"[batch, q_len, num_kv_heads, k] = ({b}, {t}, {kh}, k)"
+        )
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise ValueError(f"indices has dtype {indices.dtype}: expected an integer dtype")
+    if valid is not None and tuple(getattr(valid, "shape", ())) != idx_shape:
+        raise ValueError(
+            f"valid has shape {tuple(getattr(valid, 'shape', ()))}: expected indices' {idx_shape}"
+        )
+    if scale is None:
+        scale = 1.0 / math.sqrt(h)
+    mask = AttentionMask() if mask is None else mask
+    if not isinstance(mask, AttentionMask):
+        raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
+    mask.validate(b, t, s)
+    valid = jnp.ones(idx_shape, bool) if valid is None else jnp.asarray(valid, bool)
+    in_range = (indices >= 0) & (indices < s)
+    indices = jnp.clip(indices, 0, s - 1).astype(jnp.int32)
+    valid = valid & in_range
+    if len(idx_shape) == 3:
+        indices = jnp.broadcast_to(indices[:, :, None], (b, t, kh, idx_shape[2]))
+        valid = jnp.broadcast_to(valid[:, :, None], (b, t, kh, idx_shape[2]))
+    return indices, valid, mask.resolved(b, t, s), float(scale)
