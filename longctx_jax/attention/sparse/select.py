@@ -47,13 +47,14 @@ def threshold_topk(scores_BTS, k: int, *, block_rows: int = DEFAULT_BLOCK_ROWS):
     b, t, s = scores_BTS.shape
     rows = b * t
     n_blocks = -(-rows // block_rows)
-    keys = sortable_keys(scores_BTS.reshape(rows, s))
-    keys = jnp.pad(keys, ((0, n_blocks * block_rows - rows), (0, 0)))
-    keys = keys.reshape(n_blocks, block_rows, s)
-    indices, valid = lax.map(lambda keys_RS: compact(threshold_select(keys_RS, k), k), keys)
-    return indices.reshape(-1, k)[:rows].reshape(b, t, k), valid.reshape(-1, k)[:rows].reshape(
-        b, t, k
-    )
+    scores = jnp.pad(scores_BTS.reshape(rows, s), ((0, n_blocks * block_rows - rows), (0, 0)))
+
+    def one_block(scores_RS):
+        return compact(threshold_select(sortable_keys(scores_RS), k), k)
+
+    indices, valid = lax.map(one_block, scores.reshape(n_blocks, block_rows, s))
+    unblock = lambda x: x.reshape(-1, k)[:rows].reshape(b, t, k)  # noqa: E731
+    return unblock(indices), unblock(valid)
 
 
 def select_blocks(scores_BTS, num_blocks: int, *, block_size: int = 64, mask=None):
