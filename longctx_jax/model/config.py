@@ -24,6 +24,8 @@ Fields (defaults in brackets):
   remat [False]           recompute each block in the backward pass (activation checkpointing).
   attention.impl ["auto"]             an `longctx_jax.attention.IMPLEMENTATIONS` name.
   attention.logits_soft_cap [None]    float c > 0: logits -> c * tanh(logits / c).
+  attention.kind ["dense"]            "dense" | "sparse_topk"; attention.sparse.* configures the
+                                      learned top-k attention (see model/sparse_config.py).
   position.kind ["rope"]              "rope" | "alibi" | "nope".
   position.rope_kind ["default"]      a `rope_frequencies` kind: default, linear, ntk, dynamic,
                                       yarn, llama3, longrope.
@@ -43,6 +45,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from longctx_jax.attention import IMPLEMENTATIONS
+from longctx_jax.model.sparse_config import default_sparse_config, validate_sparse_config
 from longctx_jax.positions import LAYOUTS, ROPE_KINDS, rope_frequencies
 
 POSITION_KINDS = ("rope", "alibi", "nope")
@@ -87,6 +90,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.attention = ml_collections.ConfigDict()
     cfg.attention.impl = "auto"
     cfg.attention.logits_soft_cap = config_dict.placeholder(float)
+    cfg.attention.kind = "dense"
+    cfg.attention.sparse = default_sparse_config()
 
     cfg.position = ml_collections.ConfigDict()
     cfg.position.kind = "rope"
@@ -140,6 +145,7 @@ def validate_model_config(cfg) -> None:
     kind = _get(cfg, "position.kind")
     if kind not in POSITION_KINDS:
         raise _invalid("position.kind", kind, f"one of {POSITION_KINDS}")
+    validate_sparse_config(cfg)
     if kind != "rope":
         return
     if cfg.head_dim % 2:
