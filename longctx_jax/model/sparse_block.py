@@ -7,7 +7,8 @@ the indexer loss never reaches the model:
   sparse        each query attends to its top_k keys by index score (plus the always-kept local
                 window and first tokens); the indexer learns the same KL restricted to those keys.
 The indexer loss is sown into the "losses" collection (only when that collection is mutable, so
-evaluation pays nothing for it); the train step adds it to the objective.
+evaluation pays nothing for it); the train step adds it to the objective. With "intermediates"
+mutable, the index scores [B, T, S] are sown there too (`index_score_maps` stacks them).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def sparse_topk_attention(
     )
     scores_BTS = index_scores(*indexer(jax.lax.stop_gradient(x_BTD), positions_BT), mask)
     with_loss = module.is_mutable_collection(LOSS_COLLECTION)
+    if module.is_mutable_collection("intermediates"):
+        module.sow("intermediates", "index_scores", scores_BTS)
     q_fixed, k_fixed = jax.lax.stop_gradient(q_BTNH), jax.lax.stop_gradient(k_BTKH)
 
     if sc.stage == "dense_warmup":
@@ -90,3 +93,13 @@ def indexer_loss(state) -> jax.Array:
     if not losses:
         return jnp.zeros((), jnp.float32)
     return sum(losses) / len(losses)
+
+
+def index_score_maps(state) -> jax.Array:
+    """Every layer's sown index scores, stacked [num_layers, B, T, S] (see `attention_maps`)."""
+    intermediates = state.get("intermediates", state)
+    layers = sorted(
+        (name for name in intermediates if name.startswith("blocks_")),
+        key=lambda name: int(name.split("_")[1]),
+    )
+    return jnp.stack([intermediates[n]["attention"]["index_scores"][0] for n in layers])

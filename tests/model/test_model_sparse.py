@@ -73,5 +73,7 @@ def test_selecting_every_key_equals_the_dense_model(seed):
     want = DecoderLM(tiny_config()).apply({"params": dense_params}, tokens, **kwargs)
     assert_close(got, want, 1e-5, f"[seed={seed}] sparse over every key vs dense logits")
 
-    partial = DecoderLM(sparse_config("sparse", top_k=4)).apply({"params": params}, tokens, **kwargs)
+    partial = DecoderLM(sparse_config("sparse", top_k=4)).apply(
+        {"params": params}, tokens, **kwargs
+    )
     assert np.abs(np.asarray(partial) - np.asarray(want)).max() > 1e-3, "top_k=4 changed nothing"

@@ -13,6 +13,7 @@ score matrix is never held whole at long lengths.
 from longctx_jax.attention.sparse.attend import sparse_attention, sparse_attention_weights
 from longctx_jax.attention.sparse.indexer import LightningIndexer, index_scores
 from longctx_jax.attention.sparse.loss import indexer_kl_loss
+from longctx_jax.attention.sparse.recall import attention_mass_recall
 from longctx_jax.attention.sparse.select import (
     METHODS,
     keep_always,
@@ -23,6 +24,7 @@ from longctx_jax.attention.sparse.select import (
 __all__ = [
     "METHODS",
     "LightningIndexer",
+    "attention_mass_recall",
     "index_scores",
     "indexer_kl_loss",
     "keep_always",
