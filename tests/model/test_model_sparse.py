@@ -77,3 +77,22 @@ def test_selecting_every_key_equals_the_dense_model(seed):
         {"params": params}, tokens, **kwargs
     )
     assert np.abs(np.asarray(partial) - np.asarray(want)).max() > 1e-3, "top_k=4 changed nothing"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"attention.kind": "topk"}, "model.attention.kind='topk'"),
+        ({"attention.sparse.stage": "warmup"}, "model.attention.sparse.stage='warmup'"),
+        ({"attention.sparse.top_k": 0}, "model.attention.sparse.top_k=0"),
+        ({"attention.sparse.method": "sort"}, "model.attention.sparse.method='sort'"),
+        ({"attention.sparse.index_rope_dim": 3}, "model.attention.sparse.index_rope_dim=3"),
+        ({"attention.sparse.granularity": "block", "attention.sparse.top_k": 4}, "top_k=4"),
+        ({"attention.logits_soft_cap": 30.0}, "logits_soft_cap=30.0"),
+    ],
+)
+def test_bad_sparse_config_raises_value_error(overrides, message):
+    cfg = sparse_config("sparse")
+    cfg.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        DecoderLM(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
