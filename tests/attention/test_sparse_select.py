@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from attention_reference import SHAPES, grid_case, visibility
 
-from longctx_jax.attention.sparse import keep_always, select_blocks, select_topk
+from longctx_jax.attention.sparse import (
+    index_scores,
+    keep_always,
+    select_blocks,
+    select_from_features,
+    select_topk,
+)
 
 TOKEN_METHODS = ("exact", "approx", "threshold")
 
@@ -125,3 +131,36 @@ def test_bad_k_raises_value_error():
         select_topk(jnp.zeros((1, 2, 5)), 6)
     with pytest.raises(ValueError, match="method="):
         select_topk(jnp.zeros((1, 2, 5)), 2, method="sort")
+
+
+@pytest.mark.parametrize(
+    "method, granularity", [("threshold", "token"), ("exact", "token"), ("exact", "block")]
+)
+def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
+    method, granularity, seed
+):
+    rng = np.random.default_rng(seed)
+    shape = SHAPES[1]
+    _, _, _, _, mask = grid_case(rng, shape, "combined")
+    b, t = shape.batch, shape.q_len
+    q_idx = jnp.asarray(rng.standard_normal((b, t, 3, 8)), jnp.float32)
+    k_idx = jnp.asarray(rng.standard_normal((b, t, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((b, t, 3)), jnp.float32)
+    k = 16
+    got = select_from_features(
+        q_idx,
+        k_idx,
+        w,
+        k,
+        mask=mask,
+        method=method,
+        granularity=granularity,
+        block_size=4,
+        block_q=8,
+    )
+    scores = index_scores(q_idx, k_idx, w, mask)
+    if granularity == "block":
+        want = select_blocks(scores, k // 4, block_size=4)
+    else:
+        want = select_topk(scores, k, method="exact")
+    assert (chosen_sets(*got) == chosen_sets(*want)).all(), f"[seed={seed}]"

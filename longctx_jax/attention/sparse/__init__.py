@@ -20,6 +20,7 @@ from longctx_jax.attention.sparse.select import (
     select_blocks,
     select_topk,
 )
+from longctx_jax.attention.sparse.stream import select_from_features
 
 __all__ = [
     "METHODS",
@@ -29,6 +30,7 @@ __all__ = [
     "indexer_kl_loss",
     "keep_always",
     "select_blocks",
+    "select_from_features",
     "select_topk",
     "sparse_attention",
     "sparse_attention_weights",

@@ -1,0 +1,78 @@
+"""Index scoring fused with selection, a block of queries at a time: the [T, S] scores are never
+held whole, so memory is O(T * k) for the selection plus O(block_q * S) of temporaries."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from longctx_jax.attention.mask import AttentionMask, visible
+from longctx_jax.attention.sparse.indexer import _check_features, score_tile
+from longctx_jax.attention.sparse.select import _check_k, select_blocks
+from longctx_jax.attention.sparse.threshold import compact, sortable_keys, threshold_select
+
+GRANULARITIES = ("token", "block")
+
+
+def select_from_features(
+    q_BTJI,
+    k_BSI,
+    w_BTJ,
+    k: int,
+    *,
+    mask: AttentionMask | None = None,
+    method: str = "threshold",
+    granularity: str = "token",
+    block_size: int = 64,
+    block_q: int = 32,
+):
+    """(indices, valid) [B, T, k] of the best index scores, scoring `block_q` queries at a time.
+
+    granularity "token": method "threshold" (exact, fast) or "exact" (lax.top_k per block);
+    "block": the k // block_size key blocks with the best max score, as token indices.
+    """
+    _check_features(q_BTJI, k_BSI, w_BTJ)
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity={granularity!r}: expected one of {GRANULARITIES}")
+    if method not in ("threshold", "exact"):
+        raise ValueError(f"method={method!r}: expected 'threshold' or 'exact'")
+    b, t, _, _ = q_BTJI.shape
+    s = k_BSI.shape[1]
+    _check_k(k, s)
+    mask = AttentionMask() if mask is None else mask
+    mask.validate(b, t, s)
+    m = mask.resolved(b, t, s)
+    bq = min(block_q, t)
+    n = -(-t // bq)
+
+    pad = n * bq - t
+
+    def to_blocks(x):
+        """[B, T, ...] -> [n, B, bq, ...] (T padded with zeros to n * bq)."""
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape((b, n, bq) + x.shape[2:]), 1, 0)
+
+    def one_block(args):
+        q_blk, w_blk, q_pos, q_seg = args
+        ok = visible(
+            m.causal,
+            m.window,
+            q_pos[:, :, None],
+            m.kv_positions[:, None, :],
+            q_seg[:, :, None],
+            m.kv_segment_ids[:, None, :],
+        )
+        scores = jnp.where(ok, score_tile(q_blk, k_BSI, w_blk), -jnp.inf)  # [B, bq, S]
+        if granularity == "block":
+            return select_blocks(scores, max(k // block_size, 1), block_size=block_size)
+        if method == "exact":
+            values, indices = lax.top_k(scores, k)
+            return indices.astype(jnp.int32), values > -jnp.inf
+        keys = sortable_keys(scores.reshape(b * bq, s))
+        indices, valid = compact(threshold_select(keys, k), k)
+        return indices.reshape(b, bq, k), valid.reshape(b, bq, k)
+
+    args = tuple(to_blocks(x) for x in (q_BTJI, w_BTJ, m.q_positions, m.q_segment_ids))
+    indices, valid = lax.map(one_block, args)  # [n, B, bq, k]
+    unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * bq, -1)[:, :t]  # noqa: E731
+    return unblock(indices), unblock(valid)
