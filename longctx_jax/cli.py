@@ -2,6 +2,7 @@
 
 longctx train --config configs/quickstart.py --workdir runs/x [--config.KEY=VALUE ...]
 longctx bench attention [--lengths=1024,2048] [--impls=xla,blockwise] [--workdir=...]
+longctx bench sparse [--lengths=16384,32768] [--top_k=1024] [--workdir=...]
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ _IMPLS = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer("repeats", 3, "bench: timed repetitions (best is kept).")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
 _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
+_TOP_K = flags.DEFINE_integer("top_k", 1024, "bench sparse: keys each query attends to.")
 
-COMMANDS = ("train", "ablate", "bench attention", "bench train")
+COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench sparse")
 
 
 def train() -> None:
@@ -109,6 +111,22 @@ def bench_train() -> None:
     print(f"wrote {workdir / 'results.json'}")
 
 
+def bench_sparse() -> None:
+    from longctx_jax.eval.sparse_bench import format_table, run_benchmark, write_results
+
+    lengths = [int(n) for n in _LENGTHS.value] if _LENGTHS.present else [16384, 32768]
+    results = run_benchmark(
+        lengths,
+        k=_TOP_K.value,
+        heads=_HEADS.value,
+        head_dim=_HEAD_DIM.value,
+        repeats=_REPEATS.value,
+    )
+    workdir = write_results(results, _WORKDIR.value or "runs/bench_sparse")
+    print(format_table(results))
+    print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
+
+
 def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     command = " ".join(argv[1:])
@@ -120,6 +138,8 @@ def main(argv) -> None:
         bench_attention()
     elif command == "bench train":
         bench_train()
+    elif command == "bench sparse":
+        bench_sparse()
     else:
         raise app.UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
 
