@@ -74,18 +74,19 @@ def index_only(q_idx, k_idx, w, *, block_q: int = 32):
 def stage_functions(variant: str, k: int):
     """{stage: fn(inputs) -> output} for the cumulative stages of one variant."""
     options = VARIANTS[variant]
+    block = {"block_size": options["block_size"]} if "block_size" in options else {}
 
     def select(x):
         return select_from_features(x["q_idx"], x["k_idx"], x["w"], k, mask=CAUSAL, **options)
 
     def total(x):
         indices, valid = select(x)
-        return sparse_attention(x["q"], x["k"], x["v"], indices, mask=CAUSAL, valid=valid)
+        return sparse_attention(x["q"], x["k"], x["v"], indices, mask=CAUSAL, valid=valid, **block)
 
     def total_bwd(x):
         indices, valid = select(x)
         attend = lambda q, k, v: sparse_attention(  # noqa: E731
-            q, k, v, indices, mask=CAUSAL, valid=valid
+            q, k, v, indices, mask=CAUSAL, valid=valid, **block
         )
         _, pullback = jax.vjp(attend, x["q"], x["k"], x["v"])
         return pullback(x["d_out"])

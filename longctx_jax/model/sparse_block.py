@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from longctx_jax.attention import AttentionMask, attention_weights
 from longctx_jax.attention.sparse import (
     LightningIndexer,
+    block_tokens,
     index_scores,
     indexer_kl_loss,
     keep_always,
@@ -66,16 +67,22 @@ def sparse_topk_attention(
         return out
 
     indices, valid = select_keys(jax.lax.stop_gradient(scores_BTS), mask, sc)
-    out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid)
+    block = dict(block_size=sc.block_size) if sc.granularity == "block" else {}
+    out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid, **block)
     if with_loss:
-        target = sparse_attention_weights(q_fixed, k_fixed, indices, mask=mask, valid=valid)
+        target = sparse_attention_weights(
+            q_fixed, k_fixed, indices, mask=mask, valid=valid, **block
+        )
+        if block:
+            indices, valid = block_tokens(indices, valid, kv_len=k_BTKH.shape[1], **block)
         chosen = jnp.where(valid, jnp.take_along_axis(scores_BTS, indices, axis=-1), -jnp.inf)
         module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(chosen, target))
     return out
 
 
 def select_keys(scores_BTS, mask: AttentionMask, sc):
-    """(indices, valid) [B, T, k] by the config's granularity, method and always-kept keys."""
+    """(indices, valid) [B, T, n] by the config's granularity (key or block indices), method and
+    always-kept keys."""
     if sc.local_window or sc.first_tokens:
         scores_BTS = keep_always(
             scores_BTS, mask, local_window=sc.local_window, first_tokens=sc.first_tokens

@@ -19,7 +19,7 @@ from attention_reference import (
 )
 
 from longctx_jax.attention import attention
-from longctx_jax.attention.sparse import sparse_attention, sparse_attention_weights
+from longctx_jax.attention.sparse import block_tokens, sparse_attention, sparse_attention_weights
 
 KINDS = ("causal", "combined", "permuted")
 
@@ -155,3 +155,32 @@ def test_bad_indices_raise_value_error():
         sparse_attention(q, k, k, jnp.zeros((1, 4, 3)))
     with pytest.raises(ValueError, match="valid has shape"):
         sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), valid=jnp.ones((1, 4)))
+
+
+def test_block_selection_equals_its_keys_selected_one_by_one(seed):
+    rng = np.random.default_rng(seed)
+    shape = SHAPES[1]  # MQA, kv_len 67: the last block is partly past the end
+    q, k, v, w, mask = grid_case(rng, shape, "combined")
+    b, t, s = shape.batch, shape.q_len, shape.kv_len
+    block, n = 8, 3
+    blocks = jnp.asarray(
+        np.stack([[rng.choice(-(-s // block), n, replace=False) for _ in range(t)]])
+    )
+    valid = jnp.asarray(rng.random((b, t, n)) < 0.8)
+    tokens, token_valid = block_tokens(blocks, valid, block_size=block, kv_len=s)
+
+    def run(indices, ok, **kw):
+        def loss(q, k, v):
+            out = sparse_attention(q, k, v, indices, mask=mask, valid=ok, block_q=16, **kw)
+            return jnp.sum(w * out), out
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+
+    (_, got), got_grads = run(blocks, valid, block_size=block)
+    (_, want), want_grads = run(tokens, token_valid)
+    assert_close(got, want, F32_RTOL, f"[seed={seed}] output")
+    for name, g, h in zip(("dq", "dk", "dv"), got_grads, want_grads, strict=True):
+        assert_close(g, h, F32_RTOL, f"[seed={seed}] {name}")
+    probs = sparse_attention_weights(q, k, blocks, mask=mask, valid=valid, block_size=block)
+    want_probs = sparse_attention_weights(q, k, tokens, mask=mask, valid=token_valid)
+    assert_close(probs, want_probs, F32_RTOL, f"[seed={seed}] weights")

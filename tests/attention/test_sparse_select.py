@@ -6,6 +6,7 @@ import pytest
 from attention_reference import SHAPES, grid_case, visibility
 
 from longctx_jax.attention.sparse import (
+    block_tokens,
     index_scores,
     keep_always,
     select_blocks,
@@ -95,7 +96,9 @@ def test_block_selection_takes_whole_blocks_with_the_best_max(seed):
     rng = np.random.default_rng(seed)
     scores, mask, vis = oracle_case(rng, "combined")
     block, num_blocks = 8, 3
-    indices, valid = select_blocks(scores, num_blocks, block_size=block, mask=mask)
+    blocks, ok = select_blocks(scores, num_blocks, block_size=block, mask=mask)
+    indices, valid = block_tokens(blocks, ok, block_size=block, kv_len=scores.shape[-1])
+    valid = np.asarray(valid) & np.take_along_axis(vis, np.asarray(indices), -1)
     masked = np.where(vis, np.asarray(scores), -np.inf)
     b, t, s = masked.shape
     n = -(-s // block)
@@ -161,6 +164,8 @@ def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
     scores = index_scores(q_idx, k_idx, w, mask)
     if granularity == "block":
         want = select_blocks(scores, k // 4, block_size=4)
+        got = block_tokens(*got, block_size=4, kv_len=t)
+        want = block_tokens(*want, block_size=4, kv_len=t)
     else:
         want = select_topk(scores, k, method="exact")
     assert (chosen_sets(*got) == chosen_sets(*want)).all(), f"[seed={seed}]"

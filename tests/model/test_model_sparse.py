@@ -41,9 +41,13 @@ def split(tree):
     return indexer, {k: v for k, v in flat.items() if "indexer" not in k}
 
 
-@pytest.mark.parametrize("stage", ("dense_warmup", "sparse"))
-def test_gradients_are_isolated_both_ways(stage, seed):
-    cfg = sparse_config(stage, top_k=6, local_window=2, first_tokens=1)
+@pytest.mark.parametrize(
+    "stage, granularity", [("dense_warmup", "token"), ("sparse", "token"), ("sparse", "block")]
+)
+def test_gradients_are_isolated_both_ways(stage, granularity, seed):
+    cfg = sparse_config(
+        stage, top_k=8, local_window=2, first_tokens=1, granularity=granularity, block_size=4
+    )
     params = random_params(cfg, seed)["params"]
     tokens, kwargs = inputs(seed)
     w = jnp.asarray(np.random.default_rng(seed).standard_normal((B, T, 256)), jnp.float32)
@@ -61,8 +65,9 @@ def test_gradients_are_isolated_both_ways(stage, seed):
     assert sum(np.abs(np.asarray(g)).sum() for g in lm_on_model.values()) > 0, f"[seed={seed}]"
 
 
-def test_selecting_every_key_equals_the_dense_model(seed):
-    sparse_cfg = sparse_config("sparse", top_k=T)
+@pytest.mark.parametrize("granularity", ("token", "block"))
+def test_selecting_every_key_equals_the_dense_model(granularity, seed):
+    sparse_cfg = sparse_config("sparse", top_k=T, granularity=granularity, block_size=4)
     params = random_params(sparse_cfg, seed)["params"]
     tokens, kwargs = inputs(seed)
     got = DecoderLM(sparse_cfg).apply({"params": params}, tokens, **kwargs)

@@ -16,6 +16,7 @@ from longctx_jax.attention.sparse.loss import indexer_kl_loss
 from longctx_jax.attention.sparse.recall import attention_mass_recall
 from longctx_jax.attention.sparse.select import (
     METHODS,
+    block_tokens,
     keep_always,
     select_blocks,
     select_topk,
@@ -26,6 +27,7 @@ __all__ = [
     "METHODS",
     "LightningIndexer",
     "attention_mass_recall",
+    "block_tokens",
     "index_scores",
     "indexer_kl_loss",
     "keep_always",

@@ -9,7 +9,8 @@ Ties are broken deterministically: the lower key index wins.
   approx     `lax.approx_max_k` (TPU's approximate top-k; exact on CPU / GPU).
   threshold  per-row threshold search (`threshold.py`), exact, ascending indices; rows are
              processed `block_rows` at a time, so its temporaries are O(block_rows * S).
-`select_blocks` selects whole key blocks by their best score (block granularity).
+`select_blocks` selects whole key blocks by their best score (block granularity); `block_tokens`
+lists the keys of selected blocks.
 `keep_always` forces a local window and the first tokens into any selection.
 """
 
@@ -58,10 +59,10 @@ def threshold_topk(scores_BTS, k: int, *, block_rows: int = DEFAULT_BLOCK_ROWS):
 
 
 def select_blocks(scores_BTS, num_blocks: int, *, block_size: int = 64, mask=None):
-    """Block granularity: the `num_blocks` key blocks with the best max score, as token indices.
+    """Block granularity: the `num_blocks` key blocks with the best max score.
 
-    Returns (indices [B, T, num_blocks * block_size], valid): every key of a chosen block,
-    valid where that key is visible (and inside the sequence).
+    Returns (block indices [B, T, num_blocks], valid: the block holds a visible key), for
+    `sparse_attention(..., block_size=block_size)`; `block_tokens` lists their keys.
     """
     scores_BTS = masked_scores(scores_BTS, mask)
     b, t, s = scores_BTS.shape
@@ -72,11 +73,18 @@ def select_blocks(scores_BTS, num_blocks: int, *, block_size: int = 64, mask=Non
     padded = jnp.pad(
         scores_BTS, ((0, 0), (0, 0), (0, n * block_size - s)), constant_values=-jnp.inf
     )
-    block_max = padded.reshape(b, t, n, block_size).max(-1)
-    _, blocks = lax.top_k(block_max, num_blocks)
-    indices = (blocks[..., None] * block_size + jnp.arange(block_size)).reshape(b, t, -1)
-    valid = jnp.take_along_axis(padded, indices, axis=-1) > -jnp.inf
-    return jnp.where(valid, indices, 0).astype(jnp.int32), valid
+    values, blocks = lax.top_k(padded.reshape(b, t, n, block_size).max(-1), num_blocks)
+    return blocks.astype(jnp.int32), values > -jnp.inf
+
+
+def block_tokens(blocks, valid, *, block_size: int, kv_len: int):
+    """(token indices [..., n * block_size], valid) of selected blocks; keys past kv_len are
+    invalid (index 0). Visibility within a block is left to the mask."""
+    tokens = (blocks[..., None] * block_size + jnp.arange(block_size)).reshape(
+        blocks.shape[:-1] + (-1,)
+    )
+    ok = jnp.repeat(valid, block_size, axis=-1) & (tokens < kv_len)
+    return jnp.where(ok, tokens, 0).astype(jnp.int32), ok
 
 
 def keep_always(scores_BTS, mask: AttentionMask | None, *, local_window: int, first_tokens: int):

@@ -26,10 +26,11 @@ def select_from_features(
     block_size: int = 64,
     block_q: int = 32,
 ):
-    """(indices, valid) [B, T, k] of the best index scores, scoring `block_q` queries at a time.
+    """(indices, valid) of the best index scores, scoring `block_q` queries at a time.
 
-    granularity "token": method "threshold" (exact, fast) or "exact" (lax.top_k per block);
-    "block": the k // block_size key blocks with the best max score, as token indices.
+    granularity "token": [B, T, k] key indices by method "threshold" (exact, fast) or "exact"
+    (lax.top_k per block); "block": [B, T, k // block_size] indices of the key blocks with the
+    best max score (for `sparse_attention(..., block_size=block_size)`).
     """
     _check_features(q_BTJI, k_BSI, w_BTJ)
     if granularity not in GRANULARITIES:
