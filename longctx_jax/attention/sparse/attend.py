@@ -24,9 +24,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from longctx_jax.attention.mask import AttentionMask, ResolvedMask, visible
-from longctx_jax.attention.reference import merge_heads, split_heads
 
-DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_Q = 64
 
 
 def sparse_attention(
@@ -57,14 +56,14 @@ def sparse_attention(
 
     @jax.checkpoint
     def one_block(q_blk, idx_blk, ok_blk, q_pos, q_seg):
-        p_BKGTn, v_sel = _block_probs(q_blk, keys, idx_blk, ok_blk, q_pos, q_seg, resolved, scale)
+        p_BTKGn, v_sel = _block_probs(q_blk, keys, idx_blk, ok_blk, q_pos, q_seg, resolved, scale)
         out = jnp.einsum(
-            "bkgtn,btknh->bkgth", p_BKGTn.astype(v.dtype), v_sel, preferred_element_type=jnp.float32
+            "btkgn,btknh->btkgh", p_BTKGn.astype(v.dtype), v_sel, preferred_element_type=jnp.float32
         )
         return out.astype(q.dtype)
 
-    out_BKGTH = _map_query_blocks(one_block, q, idx, ok, resolved, block_q)
-    return merge_heads(out_BKGTH)
+    out_BTKGH = _map_query_blocks(one_block, q, idx, ok, resolved, block_q)
+    return out_BTKGH.reshape(q.shape)
 
 
 def sparse_attention_weights(q, k, indices, *, mask=None, valid=None, scale=None, block_size=1):
@@ -74,11 +73,11 @@ def sparse_attention_weights(q, k, indices, *, mask=None, valid=None, scale=None
     idx, ok, resolved, scale = _prepare(q, k, k, indices, mask, valid, scale, block_size)
     q_pos, q_seg = resolved.q_positions, resolved.q_segment_ids
     keys = _KeyBlocks.of(k, k, resolved, block_size)
-    p_BKGTn, _ = _block_probs(
-        split_heads(q, k.shape[2]), keys, idx, ok, q_pos, q_seg, resolved, scale
+    p_BTKGn, _ = _block_probs(
+        _group_heads(q, k.shape[2]), keys, idx, ok, q_pos, q_seg, resolved, scale
     )
-    b, kh, g, t, n = p_BKGTn.shape
-    return p_BKGTn.reshape(b, kh * g, t, n)
+    b, t, kh, g, n = p_BTKGn.shape
+    return p_BTKGn.transpose(0, 2, 3, 1, 4).reshape(b, kh * g, t, n)
 
 
 @jax.tree_util.register_dataclass
@@ -129,29 +128,36 @@ class _KeyBlocks:
         )
 
 
-def _block_probs(q_BKGTH, keys: _KeyBlocks, idx_BTKn, ok_BTKn, q_pos, q_seg, mask, scale):
-    """Probabilities [B, K, G, T, n * bs] (float32) and gathered values [B, T, K, n * bs, H] of a
+def _group_heads(q_BTNH, num_kv_heads: int):
+    """[B, T, N, H] -> [B, T, K, G, H] (query head n = k * G + g), a free reshape: with batch
+    axes (B, T, K) leading in both operands, the per-query matmuls need no transposes."""
+    b, t, n, h = q_BTNH.shape
+    return q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h)
+
+
+def _block_probs(q_BTKGH, keys: _KeyBlocks, idx_BTKn, ok_BTKn, q_pos, q_seg, mask, scale):
+    """Probabilities [B, T, K, G, n * bs] (float32) and gathered values [B, T, K, n * bs, H] of a
     block of queries."""
     k_sel, v_sel, kv_pos, kv_seg, in_range = keys.gather(idx_BTKn)
     logits = jnp.einsum(
-        "bkgth,btknh->bkgtn", q_BKGTH, k_sel, preferred_element_type=jnp.float32
+        "btkgh,btknh->btkgn", q_BTKGH, k_sel, preferred_element_type=jnp.float32
     ) * jnp.float32(scale)
     seen = visible(
         mask.causal, mask.window, q_pos[:, :, None, None], kv_pos, q_seg[:, :, None, None], kv_seg
     )
     bs = in_range.shape[-1] // idx_BTKn.shape[-1]
     ok = jnp.repeat(ok_BTKn, bs, axis=-1) & seen & in_range
-    ok_BKTn = ok.transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, T, n * bs]
-    logits = jnp.where(ok_BKTn, logits, -jnp.inf)
+    ok_BTKn = ok[:, :, :, None]  # [B, T, K, 1, n * bs]
+    logits = jnp.where(ok_BTKn, logits, -jnp.inf)
     row_max = jnp.max(logits, axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    p = jnp.where(ok_BKTn, jnp.exp(logits - row_max), 0.0)
+    p = jnp.where(ok_BTKn, jnp.exp(logits - row_max), 0.0)
     denom = jnp.sum(p, axis=-1, keepdims=True)
     return p / jnp.where(denom > 0, denom, 1.0), v_sel
 
 
 def _map_query_blocks(fn, q, indices_BTKk, valid_BTKk, mask: ResolvedMask, block_q: int):
-    """Runs fn over query blocks (padding T to a multiple of block_q); returns [B, K, G, T, H]."""
+    """Runs fn over query blocks (padding T to a multiple of block_q); returns [B, T, K, G, H]."""
     b, t, _, _ = q.shape
     bq = min(block_q, t)
     n = -(-t // bq)
@@ -162,7 +168,7 @@ def _map_query_blocks(fn, q, indices_BTKk, valid_BTKk, mask: ResolvedMask, block
         shape = x.shape[:axis] + (n, bq) + x.shape[axis + 1 :]
         return jnp.moveaxis(x.reshape(shape), axis, 0)
 
-    q_blk = blocks(split_heads(q, indices_BTKk.shape[2]), 3)
+    q_blk = blocks(_group_heads(q, indices_BTKk.shape[2]), 1)
     args = (
         q_blk,
         blocks(indices_BTKk, 1),
@@ -170,9 +176,9 @@ def _map_query_blocks(fn, q, indices_BTKk, valid_BTKk, mask: ResolvedMask, block
         blocks(mask.q_positions, 1),
         blocks(mask.q_segment_ids, 1),
     )
-    out = lax.map(lambda a: fn(*a), args)  # [n, B, K, G, bq, H]
-    out = jnp.moveaxis(out, 0, 3)
-    return out.reshape(out.shape[:3] + (n * bq,) + out.shape[5:])[:, :, :, :t]
+    out = lax.map(lambda a: fn(*a), args)  # [n, B, bq, K, G, H]
+    out = jnp.moveaxis(out, 0, 1)
+    return out.reshape((b, n * bq) + out.shape[3:])[:, :t]
 
 
 def _prepare(q, k, v, indices, mask, valid, scale, block_size):
