@@ -28,6 +28,7 @@ from tqdm import tqdm
 from longctx_jax.attention import AttentionMask, attention
 from longctx_jax.attention.sparse import select_from_features, select_topk, sparse_attention
 from longctx_jax.attention.sparse.indexer import score_tile
+from longctx_jax.attention.sparse.stream import key_widths
 from longctx_jax.eval.cost import temp_bytes, time_call
 from longctx_jax.eval.table import format_rows, mib
 
@@ -56,19 +57,25 @@ def bench_inputs(length, *, heads, head_dim, index_heads, index_dim, seed=0):
 
 
 def index_only(q_idx, k_idx, w, *, block_q: int = 32):
-    """Every causal index score tile computed, reduced to its row max (scoring's cost alone)."""
+    """Every causal index score tile that `select_from_features` computes (the same key
+    prefixes per query block), reduced to its row max: scoring's cost alone."""
     b, t, j, i = q_idx.shape
     n = t // block_q
     q_blk = q_idx.reshape(b, n, block_q, j, i).swapaxes(0, 1)
     w_blk = w.reshape(b, n, block_q, j).swapaxes(0, 1)
+    starts = jnp.arange(n) * block_q
 
-    def one(args):
+    def one(args, width):
         start, q_b, w_b = args
         rows = start + jnp.arange(block_q)
-        ok = jnp.arange(k_idx.shape[1])[None, :] <= rows[:, None]
-        return jnp.where(ok, score_tile(q_b, k_idx, w_b), -jnp.inf).max(-1)
+        ok = jnp.arange(width)[None, :] <= rows[:, None]
+        return jnp.where(ok, score_tile(q_b, k_idx[:, :width], w_b), -jnp.inf).max(-1)
 
-    return lax.map(one, (jnp.arange(n) * block_q, q_blk, w_blk))
+    parts = [
+        lax.map(lambda a, w=width: one(a, w), (starts[lo:hi], q_blk[lo:hi], w_blk[lo:hi]))
+        for lo, hi, width in key_widths(CAUSAL, t, t, block_q)
+    ]
+    return jnp.concatenate(parts)
 
 
 def stage_functions(variant: str, k: int):

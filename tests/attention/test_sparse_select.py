@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attention_reference import SHAPES, grid_case, visibility
+from attention_reference import SHAPES, grid_case, make_mask, visibility
 
 from longctx_jax.attention.sparse import (
     block_tokens,
@@ -136,15 +136,16 @@ def test_bad_k_raises_value_error():
         select_topk(jnp.zeros((1, 2, 5)), 2, method="sort")
 
 
+@pytest.mark.parametrize("kind", ("combined", "causal"))  # causal: scores key prefixes only
 @pytest.mark.parametrize(
     "method, granularity", [("threshold", "token"), ("exact", "token"), ("exact", "block")]
 )
 def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
-    method, granularity, seed
+    method, granularity, kind, seed
 ):
     rng = np.random.default_rng(seed)
     shape = SHAPES[1]
-    _, _, _, _, mask = grid_case(rng, shape, "combined")
+    mask = make_mask(kind, rng, shape)
     b, t = shape.batch, shape.q_len
     q_idx = jnp.asarray(rng.standard_normal((b, t, 3, 8)), jnp.float32)
     k_idx = jnp.asarray(rng.standard_normal((b, t, 8)), jnp.float32)

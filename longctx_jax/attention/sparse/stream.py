@@ -1,5 +1,6 @@
 """Index scoring fused with selection, a block of queries at a time: the [T, S] scores are never
-held whole, so memory is O(T * k) for the selection plus O(block_q * S) of temporaries."""
+held whole, so memory is O(T * k) for the selection plus O(block_q * S) of temporaries. Under a
+causal mask on default positions, each query block scores only the key prefix it can see."""
 
 from __future__ import annotations
 
@@ -53,27 +54,54 @@ def select_from_features(
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return jnp.moveaxis(x.reshape((b, n, bq) + x.shape[2:]), 1, 0)
 
-    def one_block(args):
+    out_width = max(k // block_size, 1) if granularity == "block" else k
+
+    def select_block(args, width: int):
+        """Selection for one query block from the first `width` keys, padded to out_width."""
         q_blk, w_blk, q_pos, q_seg = args
         ok = visible(
             m.causal,
             m.window,
             q_pos[:, :, None],
-            m.kv_positions[:, None, :],
+            m.kv_positions[:, None, :width],
             q_seg[:, :, None],
-            m.kv_segment_ids[:, None, :],
+            m.kv_segment_ids[:, None, :width],
         )
-        scores = jnp.where(ok, score_tile(q_blk, k_BSI, w_blk), -jnp.inf)  # [B, bq, S]
+        scores = jnp.where(ok, score_tile(q_blk, k_BSI[:, :width], w_blk), -jnp.inf)
         if granularity == "block":
-            return select_blocks(scores, max(k // block_size, 1), block_size=block_size)
-        if method == "exact":
-            values, indices = lax.top_k(scores, k)
-            return indices.astype(jnp.int32), values > -jnp.inf
-        keys = sortable_keys(scores.reshape(b * bq, s))
-        indices, valid = compact(threshold_select(keys, k), k)
-        return indices.reshape(b, bq, k), valid.reshape(b, bq, k)
+            n_sel = min(out_width, -(-width // block_size))
+            indices, valid = select_blocks(scores, n_sel, block_size=block_size)
+        elif method == "exact":
+            values, indices = lax.top_k(scores, min(k, width))
+            indices, valid = indices.astype(jnp.int32), values > -jnp.inf
+        else:
+            keys = sortable_keys(scores.reshape(b * bq, width))
+            indices, valid = compact(threshold_select(keys, min(k, width)), min(k, width))
+            indices, valid = indices.reshape(b, bq, -1), valid.reshape(b, bq, -1)
+        extra = ((0, 0), (0, 0), (0, out_width - indices.shape[-1]))
+        return jnp.pad(indices, extra), jnp.pad(valid, extra)
 
     args = tuple(to_blocks(x) for x in (q_BTJI, w_BTJ, m.q_positions, m.q_segment_ids))
-    indices, valid = lax.map(one_block, args)  # [n, B, bq, k]
+    results = []
+    for lo, hi, width in key_widths(mask, t, s, bq):
+        group = tuple(x[lo:hi] for x in args)
+        results.append(lax.map(lambda a, w=width: select_block(a, w), group))
+    indices, valid = (jnp.concatenate(parts) for parts in zip(*results, strict=True))
     unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * bq, -1)[:, :t]  # noqa: E731
     return unblock(indices), unblock(valid)
+
+
+def key_widths(mask: AttentionMask, t: int, s: int, bq: int):
+    """[(first block, end block, keys to score)]: query blocks grouped by how many leading keys
+    they can see. With a causal mask on default positions (t == s), block i sees only keys
+    below (i + 1) * bq, so groups of blocks score doubling prefixes (about 2/3 of the work of
+    scoring every key); any other mask scores every key."""
+    n = -(-t // bq)
+    if not (mask.causal and mask.q_positions is None and mask.kv_positions is None and t == s):
+        return [(0, n, s)]
+    groups, start, width = [], 0, bq
+    while start < n:
+        end = n if width >= s else min(n, width // bq)
+        groups.append((start, end, min(width, s)))
+        start, width = end, width * 2
+    return groups
