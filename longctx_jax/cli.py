@@ -2,7 +2,7 @@
 
 longctx train --config configs/quickstart.py --workdir runs/x [--config.KEY=VALUE ...]
 longctx bench attention [--lengths=1024,2048] [--impls=xla,blockwise] [--workdir=...]
-longctx bench sparse [--lengths=16384,32768] [--top_k=1024] [--workdir=...]
+longctx bench sparse [--lengths=16384,32768] [--top_k=1024] [--variants=block64] [--workdir=...]
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "bench: timed repetitions (best is
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "bench: head dimension.")
 _HEADS = flags.DEFINE_integer("heads", 8, "bench: number of heads.")
 _TOP_K = flags.DEFINE_integer("top_k", 1024, "bench sparse: keys each query attends to.")
+_VARIANTS = flags.DEFINE_list(
+    "variants", ["token_threshold", "token_topk", "block64"], "bench sparse: selection variants."
+)
 
 COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench sparse")
 
