@@ -133,6 +133,9 @@ def run_benchmark(
     selection_lengths=(16384,),
 ):
     """Measures every (length, variant, mode) and the selection-only comparison."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants {unknown}: expected names from {tuple(VARIANTS)}")
     rows, selection = [], []
     for length in tqdm(lengths, desc="bench sparse", unit="length"):
         x = bench_inputs(
