@@ -120,6 +120,7 @@ def bench_sparse() -> None:
     lengths = [int(n) for n in _LENGTHS.value] if _LENGTHS.present else [16384, 32768]
     results = run_benchmark(
         lengths,
+        tuple(_VARIANTS.value),
         k=_TOP_K.value,
         heads=_HEADS.value,
         head_dim=_HEAD_DIM.value,
