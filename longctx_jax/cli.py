@@ -4,6 +4,7 @@ longctx train --config configs/quickstart.py --workdir runs/x [--config.KEY=VALU
 longctx bench attention [--lengths=1024,2048] [--impls=xla,blockwise] [--workdir=...]
 longctx bench attention --impls=xla,cudnn,pallas_gpu --dtype=bfloat16 --batch=0   (on a GPU)
 longctx bench ring [--lengths=...] [--devices=1,2,4,8] [--config=configs/quickstart.py]
+longctx bench sparse [--lengths=16384,32768] [--top_k=1024] [--variants=block64] [--workdir=...]
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ _MEMORY_LENGTHS = flags.DEFINE_list(
     "memory_lengths", [], "bench ring: further lengths, compiled for memory only (not timed)."
 )
 
-COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench ring")
+_TOP_K = flags.DEFINE_integer("top_k", 1024, "bench sparse: keys each query attends to.")
+_VARIANTS = flags.DEFINE_list(
+    "variants", ["token_threshold", "token_topk", "block64"], "bench sparse: selection variants."
+)
+
+COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench ring", "bench sparse")
 
 
 def train() -> None:
@@ -150,6 +156,23 @@ def bench_ring() -> None:
     print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
 
 
+def bench_sparse() -> None:
+    from longctx_jax.eval.sparse_bench import format_table, run_benchmark, write_results
+
+    lengths = [int(n) for n in _LENGTHS.value] if _LENGTHS.present else [16384, 32768]
+    results = run_benchmark(
+        lengths,
+        tuple(_VARIANTS.value),
+        k=_TOP_K.value,
+        heads=_HEADS.value,
+        head_dim=_HEAD_DIM.value,
+        repeats=_REPEATS.value,
+    )
+    workdir = write_results(results, _WORKDIR.value or "runs/bench_sparse")
+    print(format_table(results))
+    print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
+
+
 def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     command = " ".join(argv[1:])
@@ -163,6 +186,8 @@ def main(argv) -> None:
         bench_train()
     elif command == "bench ring":
         bench_ring()
+    elif command == "bench sparse":
+        bench_sparse()
     else:
         raise app.UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
 

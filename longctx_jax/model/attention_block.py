@@ -13,6 +13,8 @@ one device, it calls `context_parallel_attention` with the `attention.context_pa
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from longctx_jax.attention import AttentionMask, attention, attention_weights
 from longctx_jax.attention.ring import context_parallel_attention
 from longctx_jax.model.config import rope_scaling_kwargs
 from longctx_jax.model.layers import normal_init
+from longctx_jax.model.sparse_block import sparse_topk_attention
 from longctx_jax.positions import alibi_slopes, apply_rope, rope_frequencies
 
 
@@ -118,7 +121,20 @@ class SelfAttention(nn.Module):
             kv_segment_ids=segment_ids_BT,
         )
         capture = self._capture if capture_attention else None
-        out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture)
+        if cfg.attention.kind == "sparse_topk":
+            out_BTNH = sparse_topk_attention(
+                self,
+                x_BTD,
+                q_BTNH,
+                k_BTKH,
+                v_BTKH,
+                mask=mask,
+                positions_BT=positions_BT,
+                cfg=cfg,
+                dense=functools.partial(attend, cfg=cfg, capture=capture),
+            )
+        else:
+            out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture)
         out_BTNH = nn.with_logical_constraint(out_BTNH, ("batch", "length", "heads", "head_dim"))
         return jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD)
 

@@ -27,6 +27,8 @@ Fields (defaults in brackets):
   attention.context_parallel ["ring"] how attention runs when the mesh shards `length` over
                                       more than one device: "ring" | "all_gather"
                                       (`longctx_jax.attention.ring.STRATEGIES`).
+  attention.kind ["dense"]            "dense" | "sparse_topk"; attention.sparse.* configures the
+                                      learned top-k attention (see model/sparse_config.py).
   position.kind ["rope"]              "rope" | "alibi" | "nope".
   position.rope_kind ["default"]      a `rope_frequencies` kind: default, linear, ntk, dynamic,
                                       yarn, llama3, longrope.
@@ -47,6 +49,7 @@ from ml_collections import config_dict
 
 from longctx_jax.attention import IMPLEMENTATIONS
 from longctx_jax.attention.ring import STRATEGIES
+from longctx_jax.model.sparse_config import default_sparse_config, validate_sparse_config
 from longctx_jax.positions import LAYOUTS, ROPE_KINDS, rope_frequencies
 
 POSITION_KINDS = ("rope", "alibi", "nope")
@@ -92,6 +95,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.attention.impl = "auto"
     cfg.attention.logits_soft_cap = config_dict.placeholder(float)
     cfg.attention.context_parallel = "ring"
+    cfg.attention.kind = "dense"
+    cfg.attention.sparse = default_sparse_config()
 
     cfg.position = ml_collections.ConfigDict()
     cfg.position.kind = "rope"
@@ -148,6 +153,7 @@ def validate_model_config(cfg) -> None:
     kind = _get(cfg, "position.kind")
     if kind not in POSITION_KINDS:
         raise _invalid("position.kind", kind, f"one of {POSITION_KINDS}")
+    validate_sparse_config(cfg)
     if kind != "rope":
         return
     if cfg.head_dim % 2:

@@ -96,7 +96,7 @@ def train(config, workdir) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config.mesh)
     model = DecoderLM(config.model)
-    optimizer = make_optimizer(config.train)
+    optimizer = make_optimizer(config.train, config.model)
     shards = sharding.length_shards(mesh, rules)
     data = make_train_iterator(
         config.data,
@@ -195,6 +195,8 @@ def _log(writer, step, metrics, tokens_per_second, bucket_names) -> dict:
         "grad_norm": float(metrics["grad_norm"]),
         "tokens_per_second": tokens_per_second,
     }
+    if "indexer_loss" in metrics:
+        scalars["indexer_loss"] = float(metrics["indexer_loss"])
     for name, total, count in zip(
         bucket_names, metrics["bucket_sum"], metrics["bucket_count"], strict=True
     ):

@@ -1,4 +1,4 @@
-"""AdamW with linear warm-up, cosine decay and global-norm clipping (optax)."""
+"""AdamW with linear warm-up, cosine decay and global-norm clipping (optax); stage freezing."""
 
 from __future__ import annotations
 
@@ -18,9 +18,14 @@ def learning_rate_schedule(train_config):
     )
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW; weight decay skips 1-D parameters (norm scales)."""
-    return optax.chain(
+def make_optimizer(train_config, model_config=None) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW; weight decay skips 1-D parameters (norm scales).
+
+    For a `sparse_topk` model, gradients and updates of every parameter outside the indexer are
+    zeroed in the dense warm-up stage (frozen: not even weight decay moves them). Both stages
+    build the same optimizer state, so a sparse run can start from a warm-up checkpoint.
+    """
+    adamw = optax.chain(
         optax.clip_by_global_norm(train_config.grad_clip),
         optax.adamw(
             learning_rate_schedule(train_config),
@@ -30,3 +35,11 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
             mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
         ),
     )
+    if model_config is None or model_config.attention.kind != "sparse_topk":
+        return adamw
+    warmup = model_config.attention.sparse.stage == "dense_warmup"
+    frozen = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: warmup and "indexer" not in jax.tree_util.keystr(path), params
+    )
+    freeze = optax.masked(optax.set_to_zero(), frozen)
+    return optax.chain(freeze, adamw, freeze)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from longctx_jax.model.sparse_block import LOSS_COLLECTION, indexer_loss
+
 # Loss-by-position buckets: [0, 64), [64, 128), [128, 256), ... (position within the document).
 FIRST_BUCKET = 64
 
@@ -51,16 +53,24 @@ def loss_and_metrics(logits, batch, num_buckets: int):
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, num_buckets: int):
-    """One optimizer step; returns (new state, metrics). Pure: jit it with shardings."""
+    """One optimizer step; returns (new state, metrics). Pure: jit it with shardings.
+
+    With `attention.kind = "sparse_topk"` the objective is the LM loss plus loss_weight times the
+    indexer loss (logged as "indexer_loss"); "loss" is always the LM cross entropy.
+    """
+    attention = model.config.attention
 
     def loss_fn(params):
-        logits = model.apply(
-            {"params": params},
-            batch["tokens"],
-            positions=batch["positions"],
-            segment_ids=batch["segment_ids"],
+        inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
+        if attention.kind != "sparse_topk":
+            logits = model.apply({"params": params}, batch["tokens"], **inputs)
+            return loss_and_metrics(logits, batch, num_buckets)
+        logits, state = model.apply(
+            {"params": params}, batch["tokens"], **inputs, mutable=[LOSS_COLLECTION]
         )
-        return loss_and_metrics(logits, batch, num_buckets)
+        loss, metrics = loss_and_metrics(logits, batch, num_buckets)
+        metrics["indexer_loss"] = indexer_loss(state)
+        return loss + attention.sparse.loss_weight * metrics["indexer_loss"], metrics
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -1,0 +1,39 @@
+"""Learned top-k sparse attention (DeepSeek-V3.2 DSA): indexer, selection, attention, loss.
+
+    q_idx, k_idx, w = LightningIndexer(...)(x, positions)        # cheap per-token index features
+    scores = index_scores(q_idx, k_idx, w, mask)                 # [B, T, S], -inf where hidden
+    indices, valid = select_topk(scores, k, method="threshold")  # [B, T, k]
+    out = sparse_attention(q, k, v, indices, mask=mask, valid=valid)
+    loss = indexer_kl_loss(scores, attention_weights(...))       # dense warm-up
+
+`select_from_features` fuses scoring and selection query block by query block, so the [T, S]
+score matrix is never held whole at long lengths.
+"""
+
+from longctx_jax.attention.sparse.attend import sparse_attention, sparse_attention_weights
+from longctx_jax.attention.sparse.indexer import LightningIndexer, index_scores
+from longctx_jax.attention.sparse.loss import indexer_kl_loss
+from longctx_jax.attention.sparse.recall import attention_mass_recall
+from longctx_jax.attention.sparse.select import (
+    METHODS,
+    block_tokens,
+    keep_always,
+    select_blocks,
+    select_topk,
+)
+from longctx_jax.attention.sparse.stream import select_from_features
+
+__all__ = [
+    "METHODS",
+    "LightningIndexer",
+    "attention_mass_recall",
+    "block_tokens",
+    "index_scores",
+    "indexer_kl_loss",
+    "keep_always",
+    "select_blocks",
+    "select_from_features",
+    "select_topk",
+    "sparse_attention",
+    "sparse_attention_weights",
+]

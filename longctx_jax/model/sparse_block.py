@@ -1,0 +1,112 @@
+"""Attention kind `sparse_topk`: a lightning indexer picks each query's keys (DeepSeek-V3.2 DSA).
+
+Both stages run the indexer on the detached attention input (`stop_gradient`), so the language
+model loss never reaches the indexer, and score its loss against detached queries and keys, so
+the indexer loss never reaches the model:
+  dense_warmup  dense attention; the indexer learns KL(head-summed dense attention || softmax(I)).
+  sparse        each query attends to its top_k keys by index score (plus the always-kept local
+                window and first tokens); the indexer learns the same KL restricted to those keys.
+The indexer loss is sown into the "losses" collection (only when that collection is mutable, so
+evaluation pays nothing for it); the train step adds it to the objective. With "intermediates"
+mutable, the index scores [B, T, S] are sown there too (`index_score_maps` stacks them).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from longctx_jax.attention import AttentionMask, attention_weights
+from longctx_jax.attention.sparse import (
+    LightningIndexer,
+    block_tokens,
+    index_scores,
+    indexer_kl_loss,
+    keep_always,
+    select_blocks,
+    select_topk,
+    sparse_attention,
+    sparse_attention_weights,
+)
+
+LOSS_COLLECTION = "losses"
+LOSS_NAME = "indexer_kl"
+
+
+def sparse_topk_attention(
+    module, x_BTD, q_BTNH, k_BTKH, v_BTKH, *, mask: AttentionMask, positions_BT, cfg, dense
+):
+    """Attention output [B, T, N, H] for `attention.kind = "sparse_topk"`.
+
+    `module` is the calling attention module (the indexer becomes its child "indexer"; the loss
+    is sown there); `dense(q, k, v, mask=...)` is the model's dense attention.
+    """
+    sc = cfg.attention.sparse
+    indexer = LightningIndexer(
+        num_heads=sc.index_heads,
+        head_dim=sc.index_head_dim,
+        rope_dim=sc.index_rope_dim,
+        rope_base=cfg.position.rope_base,
+        init_std=cfg.init_std,
+        norm_eps=cfg.norm_eps,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        name="indexer",
+    )
+    scores_BTS = index_scores(*indexer(jax.lax.stop_gradient(x_BTD), positions_BT), mask)
+    with_loss = module.is_mutable_collection(LOSS_COLLECTION)
+    if module.is_mutable_collection("intermediates"):
+        module.sow("intermediates", "index_scores", scores_BTS)
+    q_fixed, k_fixed = jax.lax.stop_gradient(q_BTNH), jax.lax.stop_gradient(k_BTKH)
+
+    if sc.stage == "dense_warmup":
+        out = dense(q_BTNH, k_BTKH, v_BTKH, mask=mask)
+        if with_loss:
+            target = attention_weights(q_fixed, k_fixed, mask=mask)
+            module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(scores_BTS, target))
+        return out
+
+    indices, valid = select_keys(jax.lax.stop_gradient(scores_BTS), mask, sc)
+    block = dict(block_size=sc.block_size) if sc.granularity == "block" else {}
+    out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid, **block)
+    if with_loss:
+        target = sparse_attention_weights(
+            q_fixed, k_fixed, indices, mask=mask, valid=valid, **block
+        )
+        if block:
+            indices, valid = block_tokens(indices, valid, kv_len=k_BTKH.shape[1], **block)
+        chosen = jnp.where(valid, jnp.take_along_axis(scores_BTS, indices, axis=-1), -jnp.inf)
+        module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(chosen, target))
+    return out
+
+
+def select_keys(scores_BTS, mask: AttentionMask, sc):
+    """(indices, valid) [B, T, n] by the config's granularity (key or block indices), method and
+    always-kept keys."""
+    if sc.local_window or sc.first_tokens:
+        scores_BTS = keep_always(
+            scores_BTS, mask, local_window=sc.local_window, first_tokens=sc.first_tokens
+        )
+    s = scores_BTS.shape[-1]
+    if sc.granularity == "block":
+        num_blocks = min(sc.top_k // sc.block_size, -(-s // sc.block_size))
+        return select_blocks(scores_BTS, num_blocks, block_size=sc.block_size)
+    return select_topk(scores_BTS, min(sc.top_k, s), method=sc.method)
+
+
+def indexer_loss(state) -> jax.Array:
+    """Mean over layers of the sown indexer losses (0.0 if none were sown)."""
+    losses = jax.tree.leaves(state.get(LOSS_COLLECTION, {}))
+    if not losses:
+        return jnp.zeros((), jnp.float32)
+    return sum(losses) / len(losses)
+
+
+def index_score_maps(state) -> jax.Array:
+    """Every layer's sown index scores, stacked [num_layers, B, T, S] (see `attention_maps`)."""
+    intermediates = state.get("intermediates", state)
+    layers = sorted(
+        (name for name in intermediates if name.startswith("blocks_")),
+        key=lambda name: int(name.split("_")[1]),
+    )
+    return jnp.stack([intermediates[n]["attention"]["index_scores"][0] for n in layers])

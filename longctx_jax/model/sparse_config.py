@@ -1,0 +1,92 @@
+"""`model.attention.kind` and the `model.attention.sparse` sub-config (learned top-k attention).
+
+Fields (defaults in brackets):
+  attention.kind ["dense"]              "dense" | "sparse_topk" (DeepSeek-V3.2 DSA).
+  attention.sparse.stage ["dense_warmup"]  "dense_warmup": dense attention; only the indexer
+                                        trains, by the KL loss to the dense attention.
+                                        "sparse": each query attends to its top_k keys; everything
+                                        trains (the indexer's input is detached).
+  attention.sparse.top_k [64]           keys per query (clamped to the sequence length).
+  attention.sparse.granularity ["token"]  "token" | "block" (whole blocks of block_size keys,
+                                        top_k // block_size of them, by their best score).
+  attention.sparse.block_size [16]      keys per block for granularity="block".
+  attention.sparse.method ["exact"]     token selector: "exact" (lax.top_k) | "approx" |
+                                        "threshold" (fast exact for long rows).
+  attention.sparse.local_window [0]     always keep keys within this distance (0 = off).
+  attention.sparse.first_tokens [0]     always keep the first positions (attention sinks).
+  attention.sparse.index_heads [4], index_head_dim [32], index_rope_dim [16]  the indexer.
+  attention.sparse.loss_weight [1.0]    weight of the indexer loss in the training objective.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import ml_collections
+
+from longctx_jax.attention.sparse import METHODS
+
+KINDS = ("dense", "sparse_topk")
+STAGES = ("dense_warmup", "sparse")
+GRANULARITIES = ("token", "block")
+
+
+def default_sparse_config() -> ml_collections.ConfigDict:
+    """`model.attention.sparse` at its defaults (see the module docstring)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.stage = "dense_warmup"
+    cfg.top_k = 64
+    cfg.granularity = "token"
+    cfg.block_size = 16
+    cfg.method = "exact"
+    cfg.local_window = 0
+    cfg.first_tokens = 0
+    cfg.index_heads = 4
+    cfg.index_head_dim = 32
+    cfg.index_rope_dim = 16
+    cfg.loss_weight = 1.0
+    return cfg
+
+
+def validate_sparse_config(cfg) -> None:
+    """ValueError naming the `model.attention.*` field unless kind and sparse settings are valid."""
+    kind = cfg.attention.get("kind", "dense")
+    if kind not in KINDS:
+        raise _invalid("attention.kind", kind, f"one of {KINDS}")
+    if kind == "dense":
+        return
+    sparse = cfg.attention.get("sparse", None)
+    if sparse is None:
+        raise _invalid("attention.sparse", None, "the sub-config of default_sparse_config()")
+    for name, allowed in (("stage", STAGES), ("granularity", GRANULARITIES), ("method", METHODS)):
+        if sparse.get(name) not in allowed:
+            raise _invalid(f"attention.sparse.{name}", sparse.get(name), f"one of {allowed}")
+    for name in ("top_k", "block_size", "index_heads", "index_head_dim"):
+        _check_int(name, sparse.get(name), minimum=1)
+    for name in ("local_window", "first_tokens", "index_rope_dim"):
+        _check_int(name, sparse.get(name), minimum=0)
+    rope_dim = sparse.index_rope_dim
+    if rope_dim % 2 or rope_dim > sparse.index_head_dim:
+        raise _invalid(
+            "attention.sparse.index_rope_dim", rope_dim, "an even number <= index_head_dim"
+        )
+    if sparse.granularity == "block" and sparse.top_k < sparse.block_size:
+        raise _invalid("attention.sparse.top_k", sparse.top_k, f">= block_size={sparse.block_size}")
+    weight = sparse.get("loss_weight")
+    if isinstance(weight, bool) or not isinstance(weight, Real) or not weight >= 0:
+        raise _invalid("attention.sparse.loss_weight", weight, "a number >= 0")
+    if cfg.attention.logits_soft_cap is not None or cfg.position.kind == "alibi":
+        raise ValueError(
+            "model.attention.kind='sparse_topk': expected no logits_soft_cap and "
+            f"position.kind other than 'alibi' (got logits_soft_cap="
+            f"{cfg.attention.logits_soft_cap!r}, position.kind={cfg.position.kind!r})"
+        )
+
+
+def _check_int(name, value, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise _invalid(f"attention.sparse.{name}", value, f"an integer >= {minimum}")
+
+
+def _invalid(name, value, expected) -> ValueError:
+    return ValueError(f"model.{name}={value!r}: expected {expected}")

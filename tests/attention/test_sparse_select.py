@@ -1,0 +1,172 @@
+"""Top-k selection against numpy: exact sets, lowest index on ties, never a hidden key."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from attention_reference import SHAPES, grid_case, make_mask, visibility
+
+from longctx_jax.attention.sparse import (
+    block_tokens,
+    index_scores,
+    keep_always,
+    select_blocks,
+    select_from_features,
+    select_topk,
+)
+
+TOKEN_METHODS = ("exact", "approx", "threshold")
+
+
+def numpy_topk_sets(scores, vis, k):
+    """Per query, the set of the k best visible keys (ties: lower index first), float64."""
+    b, t, s = scores.shape
+    out = np.empty((b, t), object)
+    for i in range(b):
+        for j in range(t):
+            keys = np.flatnonzero(vis[i, j])
+            order = np.lexsort((keys, -scores[i, j, keys].astype(np.float64)))
+            out[i, j] = frozenset(keys[order[:k]].tolist())
+    return out
+
+
+def chosen_sets(indices, valid):
+    indices, valid = np.asarray(indices), np.asarray(valid)
+    b, t, _ = indices.shape
+    out = np.empty((b, t), object)
+    for i in range(b):
+        for j in range(t):
+            chosen = indices[i, j][valid[i, j]].tolist()
+            assert len(chosen) == len(set(chosen)), f"query {(i, j)} selected a key twice"
+            out[i, j] = frozenset(chosen)
+    return out
+
+
+def oracle_case(rng, kind):
+    """Scores = the true attention logits of head 0 (the oracle), with its mask and visibility."""
+    shape = SHAPES[0]
+    q, k, _, _, mask = grid_case(rng, shape, kind)
+    scores = jnp.einsum("bth,bsh->bts", q[:, :, 0], k[:, :, 0]) / np.sqrt(shape.head_dim)
+    return scores, mask, visibility(mask, shape.batch, shape.q_len, shape.kv_len)
+
+
+@pytest.mark.parametrize("method", TOKEN_METHODS)
+@pytest.mark.parametrize("kind", ("causal", "combined", "permuted"))
+def test_oracle_scores_give_the_exact_top_k_and_never_a_hidden_key(method, kind, seed):
+    rng = np.random.default_rng(seed)
+    scores, mask, vis = oracle_case(rng, kind)
+    k = int(rng.integers(1, 30))
+    indices, valid = select_topk(scores, k, mask=mask, method=method, block_rows=8)
+    what = f"[seed={seed} method={method} mask={kind} k={k}]"
+    assert indices.shape == valid.shape == scores.shape[:2] + (k,), what
+    got = chosen_sets(indices, valid)
+    want = numpy_topk_sets(np.asarray(scores), vis, k)
+    b, t, _ = scores.shape
+    for i in range(b):
+        for j in range(t):
+            assert got[i, j] == want[i, j], f"{what} query {(i, j)}"
+            assert all(vis[i, j, s] for s in got[i, j]), f"{what} hidden key selected"
+            assert len(got[i, j]) == min(k, vis[i, j].sum()), f"{what} valid count"
+
+
+@pytest.mark.parametrize("method", ("exact", "threshold"))
+def test_ties_keep_the_lowest_indices(method, seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 4, (2, 40, 300)).astype(np.float32)  # few values: many ties
+    scores[:, :, rng.random(300) < 0.2] = -np.inf
+    scores[0, 3] = 1.0  # a row that is one big tie
+    k = int(rng.integers(1, 200))
+    indices, valid = select_topk(jnp.asarray(scores), k, method=method, block_rows=16)
+    got = chosen_sets(indices, valid)
+    want = numpy_topk_sets(scores, scores > -np.inf, k)
+    assert (got == want).all(), f"[seed={seed} k={k}] {np.argwhere(got != want)[:3]}"
+
+
+def test_threshold_covers_the_whole_float_range(seed):
+    """Values spanning many binades, negative and positive, huge and tiny (the key mapping)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((1, 16, 500)) * np.exp(rng.uniform(-40, 40, (1, 16, 500)))
+    scores = scores.astype(np.float32)
+    k = int(rng.integers(1, 500))
+    got = chosen_sets(*select_topk(jnp.asarray(scores), k, method="threshold"))
+    want = numpy_topk_sets(scores, np.ones(scores.shape, bool), k)
+    assert (got == want).all(), f"[seed={seed} k={k}]"
+
+
+def test_block_selection_takes_whole_blocks_with_the_best_max(seed):
+    rng = np.random.default_rng(seed)
+    scores, mask, vis = oracle_case(rng, "combined")
+    block, num_blocks = 8, 3
+    blocks, ok = select_blocks(scores, num_blocks, block_size=block, mask=mask)
+    indices, valid = block_tokens(blocks, ok, block_size=block, kv_len=scores.shape[-1])
+    valid = np.asarray(valid) & np.take_along_axis(vis, np.asarray(indices), -1)
+    masked = np.where(vis, np.asarray(scores), -np.inf)
+    b, t, s = masked.shape
+    n = -(-s // block)
+    padded = np.full((b, t, n * block), -np.inf)
+    padded[:, :, :s] = masked
+    best = padded.reshape(b, t, n, block).max(-1)
+    got = chosen_sets(indices, valid)
+    for i in range(b):
+        for j in range(t):
+            order = np.lexsort((np.arange(n), -best[i, j]))[:num_blocks]
+            keys = {c * block + o for c in order for o in range(block)}
+            want = frozenset(x for x in keys if x < s and vis[i, j, x])
+            assert got[i, j] == want, f"[seed={seed}] query {(i, j)}"
+
+
+def test_keep_always_forces_the_local_window_and_first_tokens(seed):
+    rng = np.random.default_rng(seed)
+    scores, mask, vis = oracle_case(rng, "causal")
+    forced = keep_always(scores, mask, local_window=4, first_tokens=2)
+    indices, valid = select_topk(forced, 8, method="threshold")
+    got = chosen_sets(indices, valid)
+    b, t, _ = scores.shape
+    for i in range(b):
+        for j in range(t):
+            must = {s for s in range(t) if vis[i, j, s] and (j - s < 4 or s < 2)}
+            assert must <= got[i, j], f"[seed={seed}] query {(i, j)} misses {must - got[i, j]}"
+
+
+def test_bad_k_raises_value_error():
+    with pytest.raises(ValueError, match="k=0"):
+        select_topk(jnp.zeros((1, 2, 5)), 0)
+    with pytest.raises(ValueError, match="k=6"):
+        select_topk(jnp.zeros((1, 2, 5)), 6)
+    with pytest.raises(ValueError, match="method="):
+        select_topk(jnp.zeros((1, 2, 5)), 2, method="sort")
+
+
+@pytest.mark.parametrize("kind", ("combined", "causal"))  # causal: scores key prefixes only
+@pytest.mark.parametrize(
+    "method, granularity", [("threshold", "token"), ("exact", "token"), ("exact", "block")]
+)
+def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
+    method, granularity, kind, seed
+):
+    rng = np.random.default_rng(seed)
+    shape = SHAPES[1]
+    mask = make_mask(kind, rng, shape)
+    b, t = shape.batch, shape.q_len
+    q_idx = jnp.asarray(rng.standard_normal((b, t, 3, 8)), jnp.float32)
+    k_idx = jnp.asarray(rng.standard_normal((b, t, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((b, t, 3)), jnp.float32)
+    k = 16
+    got = select_from_features(
+        q_idx,
+        k_idx,
+        w,
+        k,
+        mask=mask,
+        method=method,
+        granularity=granularity,
+        block_size=4,
+        block_q=8,
+    )
+    scores = index_scores(q_idx, k_idx, w, mask)
+    if granularity == "block":
+        want = select_blocks(scores, k // 4, block_size=4)
+        got = block_tokens(*got, block_size=4, kv_len=t)
+        want = block_tokens(*want, block_size=4, kv_len=t)
+    else:
+        want = select_topk(scores, k, method="exact")
+    assert (chosen_sets(*got) == chosen_sets(*want)).all(), f"[seed={seed}]"
