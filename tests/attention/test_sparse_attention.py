@@ -24,9 +24,9 @@ from longctx_jax.attention.sparse import block_tokens, sparse_attention, sparse_
 KINDS = ("causal", "combined", "permuted")
 
 
-def out_and_grads(q, k, v, w, indices, mask, valid=None, block_q=16):
+def out_and_grads(q, k, v, w, indices, mask, valid=None, block_q=16, impl="gather"):
     def loss(q, k, v):
-        out = sparse_attention(q, k, v, indices, mask=mask, valid=valid, block_q=block_q)
+        out = sparse_attention(q, k, v, indices, mask=mask, valid=valid, block_q=block_q, impl=impl)
         return jnp.sum(w * out), out
 
     (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
@@ -58,8 +58,11 @@ def test_all_keys_selected_equals_dense_attention(shape, kind, seed):
     assert_close(out, dense, F32_RTOL, f"{what} output vs attention(impl='reference')")
 
 
-@pytest.mark.parametrize("per_kv_head", [False, True])
-def test_subset_equals_dense_attention_under_the_subset_mask(per_kv_head, seed):
+@pytest.mark.parametrize(
+    "per_kv_head,impl", [(False, "gather"), (True, "gather"), (True, "pallas_tpu")]
+)
+def test_subset_equals_dense_attention_under_the_subset_mask(per_kv_head, impl, seed):
+    """impl="pallas_tpu": the Pallas kernel's forward (interpret mode here), gather gradients."""
     rng = np.random.default_rng(seed)
     shape = SHAPES[0]  # GQA: 8 query heads over 2 KV heads
     b, t, s, kh = shape.batch, shape.q_len, shape.kv_len, shape.num_kv_heads
@@ -69,7 +72,7 @@ def test_subset_equals_dense_attention_under_the_subset_mask(per_kv_head, seed):
     indices = np.stack([rng.choice(s, n_sel, replace=False) for _ in range(np.prod(lead))])
     indices = indices.reshape(*lead, n_sel)
     valid = rng.random(indices.shape) < 0.8
-    what = f"[seed={seed} per_kv_head={per_kv_head}]"
+    what = f"[seed={seed} per_kv_head={per_kv_head} impl={impl}]"
 
     # The equivalent dense mask: visible under `mask` and selected in a valid slot.
     chosen = np.zeros((*lead, s), bool)
@@ -78,7 +81,9 @@ def test_subset_equals_dense_attention_under_the_subset_mask(per_kv_head, seed):
     group = shape.num_heads // kh
     per_head = [vis & (chosen[:, :, n // group] if per_kv_head else chosen) for n in range(8)]
 
-    out, grads = out_and_grads(q, k, v, w, jnp.asarray(indices), mask, jnp.asarray(valid))
+    out, grads = out_and_grads(
+        q, k, v, w, jnp.asarray(indices), mask, jnp.asarray(valid), impl=impl
+    )
     want_out, want_grads = reference_subset(q, k, v, w, per_head, distances(mask, b, t, s))
     assert_close(out, want_out, F32_RTOL, f"{what} output")
     for name, got, want in zip(("dq", "dk", "dv"), grads, want_grads, strict=True):
@@ -155,6 +160,10 @@ def test_bad_indices_raise_value_error():
         sparse_attention(q, k, k, jnp.zeros((1, 4, 3)))
     with pytest.raises(ValueError, match="valid has shape"):
         sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), valid=jnp.ones((1, 4)))
+    with pytest.raises(ValueError, match="impl='triton'"):
+        sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), impl="triton")
+    with pytest.raises(ValueError, match="impl='pallas_tpu' takes token selections"):
+        sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), impl="pallas_tpu", block_size=2)
 
 
 def test_block_selection_equals_its_keys_selected_one_by_one(seed):

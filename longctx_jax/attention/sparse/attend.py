@@ -12,6 +12,10 @@ pass: memory O(T * k) for the indices, O(block_q * k * head_dim) for the rest.
 A slot counts iff it is `valid` and the `AttentionMask` shows that key to the query; the softmax
 runs over the counted slots in float32. A query with no counted slot outputs 0 with 0 gradients,
 as `attention()` does. Valid slots must hold distinct indices (a repeated key would count twice).
+
+impl="pallas_tpu" runs the forward pass as the Pallas TPU kernel
+(pallas_kernels/sparse_attention: selected rows are copied HBM -> VMEM, never gathered in HBM;
+interpret mode off TPU) and differentiates through this gather path (a `jax.custom_vjp`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from longctx_jax.attention.mask import AttentionMask, ResolvedMask, visible
+from pallas_kernels.sparse_attention import tpu as sparse_tpu
 
 DEFAULT_BLOCK_Q = 64
+IMPLEMENTATIONS = ("gather", "pallas_tpu")
 
 
 def sparse_attention(
@@ -39,6 +45,7 @@ def sparse_attention(
     scale=None,
     block_size: int = 1,
     block_q: int = DEFAULT_BLOCK_Q,
+    impl: str = "gather",
 ):
     """Attention of q [B, T, N, H] over the selected keys of k, v [B, S, K, H].
 
@@ -49,9 +56,20 @@ def sparse_attention(
       mask: an `AttentionMask`, applied to the selected keys; None = every selected key visible.
       valid: bool, indices' shape; False slots are ignored. None = all slots valid.
       scale: logit scale, default 1 / sqrt(head_dim).
+      impl: "gather" (pure JAX) or "pallas_tpu" (token selections only; see module docstring).
     Returns [B, T, N, H] in q's dtype.
     """
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
+    if impl == "pallas_tpu" and block_size != 1:
+        raise ValueError(f"block_size={block_size!r}: impl='pallas_tpu' takes token selections")
     idx, ok, resolved, scale = _prepare(q, k, v, indices, mask, valid, scale, block_size)
+    if impl == "pallas_tpu":
+        return _pallas_attention(q, k, v, idx, ok, resolved, scale, block_q)
+    return _gather_attention(q, k, v, idx, ok, resolved, scale, block_size, block_q)
+
+
+def _gather_attention(q, k, v, idx, ok, resolved, scale, block_size, block_q):
     keys = _KeyBlocks.of(k, v, resolved, block_size)
 
     @jax.checkpoint
@@ -64,6 +82,33 @@ def sparse_attention(
 
     out_BTKGH = _map_query_blocks(one_block, q, idx, ok, resolved, block_q)
     return out_BTKGH.reshape(q.shape)
+
+
+def _pallas_attention(q, k, v, idx, ok, resolved, scale, block_q):
+    """The Pallas kernel's forward; gradients from the gather path (same function)."""
+
+    @jax.custom_vjp
+    def attend(q, k, v, idx, ok, resolved):
+        b = q.shape[0]
+        batch = jnp.arange(b)[:, None, None, None]
+        seen = visible(
+            resolved.causal,
+            resolved.window,
+            resolved.q_positions[:, :, None, None],
+            resolved.kv_positions[batch, idx],
+            resolved.q_segment_ids[:, :, None, None],
+            resolved.kv_segment_ids[batch, idx],
+        )
+        counted = jnp.where(ok & seen, idx, -1)  # the kernel skips slots holding -1
+        return sparse_tpu.sparse_attention(q, k, v, counted, scale=scale)
+
+    def attend_bwd(residuals, d_out):
+        q, k, v, idx, ok, resolved = residuals
+        gather = lambda q, k, v: _gather_attention(q, k, v, idx, ok, resolved, scale, 1, block_q)  # noqa: E731
+        return (*jax.vjp(gather, q, k, v)[1](d_out), None, None, None)
+
+    attend.defvjp(lambda *args: (attend(*args), args), attend_bwd)
+    return attend(q, k, v, idx, ok, resolved)
 
 
 def sparse_attention_weights(q, k, indices, *, mask=None, valid=None, scale=None, block_size=1):
