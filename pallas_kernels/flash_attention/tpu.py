@@ -196,6 +196,13 @@ def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
 # ----------------------------------------------------------------------------- backward
 
 
+def _backward_operands(schedule, q, k, v, slopes, mask, d_out, lse, delta):
+    """Operands of the dQ and dK/dV calls: schedule, inputs, mask, slopes, dO, lse and D rows."""
+    rows = (lse[:, :, None, :], delta[:, :, None, :])  # lane-dense [B, N, 1, T]
+    extra = [] if slopes is None else [slopes]
+    return (*schedule, q, k, v, *_mask_inputs(mask), *extra, d_out, *rows)
+
+
 def _tile_backward(problem, q, k, v, do, lse, delta, masks, slope, masked):
     """One tile's (p, dS) in float32 [bq, bkv], recomputed from the saved log-sum-exp.
 
@@ -259,7 +266,6 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
     s = k.shape[2]
     bq, bkv, g = problem.block_q, problem.block_kv, problem.num_groups
     nq, nkv = t // bq, s // bkv
-    counts, steps = rows
 
     def kv_block(b, n, i, j, counts, steps):
         return steps[(b * nq + i) * nkv + j] // 2
@@ -291,18 +297,7 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
         ),
         interpret=interpret,
         name="flash_attention_dq",
-    )(
-        counts,
-        steps,
-        q,
-        k,
-        v,
-        *_mask_inputs(mask),
-        *([] if slopes is None else [slopes]),
-        d_out,
-        lse[:, :, None, :],
-        delta[:, :, None, :],
-    )
+    )(*_backward_operands(rows, q, k, v, slopes, mask, d_out, lse, delta))
     return outs[0], (outs[1][:, :, 0, :] if alibi else None)
 
 
@@ -352,7 +347,6 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
     kh, s = k.shape[1], k.shape[2]
     bq, bkv, g = problem.block_q, problem.block_kv, problem.num_groups
     nq, nkv = t // bq, s // bkv
-    counts, steps = cols
 
     def q_block(b, kh, j, gi, i, counts, steps):
         return steps[(b * nkv + j) * nq + i] // 2
@@ -382,18 +376,7 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
         ),
         interpret=interpret,
         name="flash_attention_dkv",
-    )(
-        counts,
-        steps,
-        q,
-        k,
-        v,
-        *_mask_inputs(mask),
-        *([] if slopes is None else [slopes]),
-        d_out,
-        lse[:, :, None, :],
-        delta[:, :, None, :],
-    )
+    )(*_backward_operands(cols, q, k, v, slopes, mask, d_out, lse, delta))
     return dk, dv
 
 
