@@ -12,6 +12,7 @@ inside `jax.shard_map` (manual over that axis only; batch and head sharding stay
               A step whose chunk the mask hides entirely (causal beyond the diagonal, beyond a
               sliding window, other documents) is skipped with `lax.cond` on per-chunk position and
               segment ranges; inside a step the local implementation skips empty tiles as usual.
+              (K/V still make all n hops: skipping saves compute, not communication.)
   all_gather  K/V (cheap with GQA) and their positions / segment ids are gathered, and each device
               attends its queries to the whole sequence with `attention()`; JAX's autodiff turns
               the gather into a reduce-scatter of dK/dV. K/V memory per device is O(L).

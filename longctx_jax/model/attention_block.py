@@ -37,14 +37,14 @@ def attend(q_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
     options = dict(mask=mask, logits_soft_cap=cfg.attention.logits_soft_cap, alibi_slopes=slopes)
     if capture is not None:
         capture("attention_weights", attention_weights(q_BTNH, k_BSKH, v_BSKH, **options))
-    mesh, axis = jax.sharding.get_abstract_mesh(), context_parallel_axis()
+    axis = context_parallel_axis()
     if axis is None:
         return attention(q_BTNH, k_BSKH, v_BSKH, impl=cfg.attention.impl, **options)
     return context_parallel_attention(
         q_BTNH,
         k_BSKH,
         v_BSKH,
-        mesh=mesh,
+        mesh=jax.sharding.get_abstract_mesh(),
         axis_name=axis,
         strategy=cfg.attention.context_parallel,
         impl=cfg.attention.impl,

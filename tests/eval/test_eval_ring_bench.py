@@ -6,10 +6,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from tiny_config import tiny_config  # noqa: E402
 
+from longctx_jax.eval import ring_bench  # noqa: E402
 from longctx_jax.eval.ring_bench import (  # noqa: E402
     fits,
     format_ring_table,
-    longest_trainable,
     run_ring_benchmark,
     write_ring_results,
 )
@@ -40,11 +40,25 @@ def test_ring_benchmark_rows_and_outputs(tmp_path):
     assert "all_gather" in format_ring_table(results)
 
 
-def test_longest_trainable_is_the_boundary():
+def test_longest_trainable_is_the_boundary(monkeypatch):
+    """The search against a known memory model: peak = 1000 + 3 * seq_len bytes."""
+    probed = []
+
+    def fake_fits(config, seq_len, sequence, budget):
+        probed.append(seq_len)
+        peak = 1000 + 3 * seq_len
+        return peak <= budget, peak
+
+    monkeypatch.setattr(ring_bench, "fits", fake_fits)
+    found = ring_bench.longest_trainable(None, 8, budget=1000 + 3 * 5000, unit=512)
+    assert found["longest"] == 4608 and found["next_length"] == 5120  # 512-multiples around 5000
+    assert found["peak_bytes"] == 1000 + 3 * 4608
+    assert len(probed) <= 10
+
+
+def test_train_step_peak_grows_with_length():
     config = tiny_config()
-    _, peak = fits(config, 1024, 1, budget=0)
-    budget = int(peak * 1.2)
-    found = longest_trainable(config, 1, budget, unit=512)
-    assert found["peak_bytes"] <= budget < found["next_peak_bytes"]
-    assert found["next_length"] - found["longest"] == 512
-    assert found["longest"] >= 1024
+    ok, peak_256 = fits(config, 256, 1, budget=2**40)
+    assert ok and peak_256 > 0
+    ok, peak_1024 = fits(config, 1024, 1, budget=peak_256)
+    assert not ok and peak_1024 > peak_256

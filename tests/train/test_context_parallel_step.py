@@ -21,18 +21,20 @@ def run(tmp_path, name, strategy="ring", layout="zigzag", **mesh):
     return losses, checkpointed_params(workdir, 2)
 
 
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory):
+    """(losses, parameters) of the same two steps on one device, shared by the mesh cases."""
+    return run(tmp_path_factory.mktemp("single"), "single")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "mesh,strategy,layout",
-    [
-        (dict(sequence=4), "ring", "zigzag"),
-        (dict(data=2, sequence=4), "ring", "striped"),
-        (dict(data=2, sequence=4), "all_gather", "contiguous"),
-    ],
+    [(dict(sequence=4), "ring", "zigzag"), (dict(data=2, sequence=4), "all_gather", "striped")],
 )
-def test_sequence_parallel_matches_single_device(tmp_path, mesh, strategy, layout):
+def test_sequence_parallel_matches_single_device(tmp_path, single_device, mesh, strategy, layout):
     assert jax.device_count() == 8
-    losses_1, params_1 = run(tmp_path, "single")
+    losses_1, params_1 = single_device
     losses_n, params_n = run(tmp_path, "mesh", strategy, layout, **mesh)
     assert len(losses_n) == len(losses_1) == 2
     np.testing.assert_allclose(losses_n, losses_1, rtol=1e-5)
