@@ -9,7 +9,6 @@ baseline is skipped (and says so) at lengths whose temporaries exceed the memory
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from longctx_jax.attention import AttentionMask, attention
 from longctx_jax.eval.cost import attention_flops, matmul_flops_per_second, temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib, speedup
+from longctx_jax.eval.table import format_rows, mib, speedup, write_bench
 
 MODES = ("fwd", "fwd+bwd")
 TOKENS = 32768  # tokens per measurement when batch=0 (batch = TOKENS // length)
@@ -167,8 +166,4 @@ def write_results(results, workdir) -> Path:
     """Writes results.json and figure.png under workdir; returns the workdir."""
     from longctx_jax.viz.bench import plot_attention_bench
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_attention_bench(results, workdir / "figure.png")
-    return workdir
+    return write_bench(results, workdir, plot_attention_bench)

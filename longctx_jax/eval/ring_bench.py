@@ -16,7 +16,6 @@ share its cores, so memory per device is exact but times are not those of n real
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -37,7 +36,7 @@ from longctx_jax.attention.ring import (
 )
 from longctx_jax.eval.attention_bench import default_memory_budget, forward_backward
 from longctx_jax.eval.cost import peak_bytes, temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib
+from longctx_jax.eval.table import format_rows, mib, write_bench
 from longctx_jax.eval.train_bench import compile_train_step
 
 SINGLE = "single"  # the baseline: attention(impl="blockwise") on one device, no shard_map
@@ -205,8 +204,4 @@ def write_ring_results(results, workdir) -> Path:
     """Writes results.json and figure.png under workdir; returns the workdir."""
     from longctx_jax.viz.bench import plot_ring_bench
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_ring_bench(results, workdir / "figure.png")
-    return workdir
+    return write_bench(results, workdir, plot_ring_bench)

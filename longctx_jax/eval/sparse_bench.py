@@ -16,7 +16,6 @@ exact per-row threshold selection (the "selection is the trap" comparison).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from longctx_jax.attention.sparse import select_from_features, select_topk, spar
 from longctx_jax.attention.sparse.indexer import score_tile
 from longctx_jax.attention.sparse.stream import key_widths
 from longctx_jax.eval.cost import temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib
+from longctx_jax.eval.table import format_rows, mib, write_bench
 
 VARIANTS = {
     "token_threshold": dict(granularity="token", method="threshold"),
@@ -232,11 +231,7 @@ def format_table(results) -> str:
 
 
 def write_results(results, workdir) -> Path:
-    """results.json and figure.png under workdir."""
+    """Writes results.json and figure.png under workdir; returns the workdir."""
     from longctx_jax.viz.sparse_bench import plot_sparse_bench
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_sparse_bench(results, workdir / "figure.png")
-    return workdir
+    return write_bench(results, workdir, plot_sparse_bench)

@@ -1,6 +1,20 @@
-"""Plain-text result tables for benchmarks: one row per measurement, skipped rows say why."""
+"""Benchmark outputs: plain-text tables (one row per measurement, skipped rows say why) and the
+results.json + figure.png pair every `longctx bench` command writes."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_bench(results, workdir, plot: Callable) -> Path:
+    """Writes results.json and `plot(results, path)`'s figure.png under workdir; returns it."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, workdir / "figure.png")
+    return workdir
 
 
 def format_rows(rows, columns, *, key_columns: int) -> str:
