@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from model_testlib import assert_close, packed_segments, random_params, random_tokens, tiny_config
 
-from longctx_jax.model import DecoderLM
 from longctx_jax.attention import AttentionMask, attention_weights
+from longctx_jax.model import DecoderLM
 from longctx_jax.model.sparse_block import LOSS_COLLECTION, indexer_loss, oracle_scores, select_keys
 
 B, T = 2, 24
