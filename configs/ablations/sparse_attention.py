@@ -1,7 +1,7 @@
 """Sparse attention at a fixed key budget k: dense vs DSA (learned top-k) vs sliding window vs
 oracle top-k, on the stdlib corpus.
 
-  longctx ablate --config configs/ablations/sparse_attention.py:demo   # ~15 min on a 2-core CPU
+  longctx ablate --config configs/ablations/sparse_attention.py:demo   # ~11 min on a 2-core CPU
   longctx ablate --config configs/ablations/sparse_attention.py        # full
 
 Stages, each from the previous one's checkpoint ("@name"):
