@@ -9,6 +9,8 @@ window / oracle sparse stages), then measures
   recall    the share of the dense attention mass held by the k keys each selector picks
             (indexer after warm-up and after the DSA stage, the k nearest keys, the oracle),
             measured on the warm-up model's dense attention, for each k in `recall_ks`.
+  passkey   greedy exact match and teacher-forced digit accuracy of 5-digit passkeys in prompts
+            that fill the training length, after the sparse stage.
 Writes results.json, a table and figure.png.
 """
 
@@ -25,12 +27,14 @@ from experiments.variants import train_variants
 from longctx_jax.attention.sparse import attention_mass_recall
 from longctx_jax.data.pipeline import make_eval_batches
 from longctx_jax.eval.checkpoint_io import load_params
+from longctx_jax.eval.passkey_eval import passkey_accuracy
 from longctx_jax.eval.perplexity import perplexity_by_position
 from longctx_jax.model import DecoderLM, attention_maps
 from longctx_jax.model.sparse_block import index_score_maps
 
 SPARSE = ("dsa", "window", "oracle")
 RECALL_BATCHES = 2
+PASSKEY = dict(depths=(0.1, 0.5, 0.9), num_examples=16, digits=5)
 
 
 def trailing_nll(result: dict, start: int) -> float:
@@ -69,6 +73,19 @@ def evaluate_loss(ablation, trained: dict) -> dict:
         )
         result["trailing_nll"] = trailing_nll(result, train_len // 2)
         out[row] = result
+    return out
+
+
+def evaluate_passkey(ablation, trained: dict) -> dict:
+    """{variant: passkey_accuracy result} after the sparse stage (prompt + answer = seq_len)."""
+    length = ablation.baseline.data.seq_len - PASSKEY["digits"] + 1
+    out = {}
+    for name in ("dense",) + SPARSE:
+        config, run_dir = trained[name]
+        print(f"== passkey {name}")
+        out[name] = passkey_accuracy(
+            config.model, load_params(run_dir)[0], lengths=[length], progress=False, **PASSKEY
+        )
     return out
 
 
@@ -118,6 +135,11 @@ def format_table(results) -> str:
     lines = [f"{'NLL (nats/byte), k=' + str(results['top_k']):<24}{'all':>8}{'trailing':>10}"]
     for row, r in results["loss"].items():
         lines.append(f"{row:<24}{r['nll']:>8.3f}{r['trailing_nll']:>10.3f}")
+    lines.append("")
+    lines.append(f"{'passkey (after)':<24}{'exact':>8}{'digits':>10}")
+    for name, r in results.get("passkey", {}).items():
+        exact, digits = np.mean(r["accuracy"]), np.mean(r["teacher_forced_digit_accuracy"])
+        lines.append(f"{name:<24}{exact:>8.3f}{digits:>10.3f}")
     recall = results["recall"]
     lines.append("")
     lines.append(f"{'attention-mass recall':<24}" + "".join(f"{k:>7}" for k in recall["ks"]))
@@ -135,6 +157,7 @@ def run(ablation, workdir) -> dict:
         top_k=ablation.top_k,
         loss=evaluate_loss(ablation, trained),
         recall=evaluate_recall(ablation, trained),
+        passkey=evaluate_passkey(ablation, trained),
     )
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     from longctx_jax.viz.sparse_ablation import plot_sparse_ablation
