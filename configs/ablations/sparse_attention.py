@@ -1,12 +1,12 @@
 """Sparse attention at a fixed key budget k: dense vs DSA (learned top-k) vs sliding window vs
 oracle top-k, on the stdlib corpus.
 
-  longctx ablate --config configs/ablations/sparse_attention.py:demo   # ~11 min on a 2-core CPU
+  longctx ablate --config configs/ablations/sparse_attention.py:demo   # ~12 min on a 2-core CPU
   longctx ablate --config configs/ablations/sparse_attention.py        # full
 
 Stages, each from the previous one's checkpoint ("@name"):
   pretrain  a dense LM (`sparse_topk` selecting every key is exactly dense attention; the indexer
-            is present but untrained: loss_weight 0).
+            is present but untrained: loss_weight 0, so only weight decay moves it).
   warmup    dense warm-up: only the indexer trains, by the KL loss to dense attention.
   dense, dsa, window, oracle   the sparse stage, the same steps each: every key (dense), the
             indexer's top k (DSA), the k nearest keys (`local_window = k` fills the budget), or the
