@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from longctx_jax.ablation import checked_variants
+from experiments.variants import train_variants
 from longctx_jax.eval.checkpoint_io import load_params
 from longctx_jax.eval.perplexity import perplexity_by_position, with_eval_rope
-from longctx_jax.train.loop import train
 
 EVAL_NAMES = {
     "linear": "rope+PI (eval)",
@@ -22,23 +21,6 @@ EVAL_NAMES = {
     "dynamic": "rope+dynamic NTK (eval)",
     "yarn": "rope+YaRN (eval)",
 }
-
-
-def train_variants(ablation, workdir: Path) -> dict:
-    """Trains (or resumes) every variant; returns {name: (config, its workdir)}."""
-    out = {}
-    variants = checked_variants(ablation)
-    # Variants that start from another variant's checkpoint ("@name") train after the others.
-    order = sorted(variants, key=lambda name: bool(variants[name][0].train.init_from))
-    for name in order:
-        config = variants[name][0]
-        config = config.copy_and_resolve_references()
-        if config.train.init_from.startswith("@"):
-            config.train.init_from = str(workdir / config.train.init_from[1:])
-        print(f"== training {name}")
-        train(config, workdir / name)
-        out[name] = (config, workdir / name)
-    return out
 
 
 def evaluate(ablation, trained: dict) -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from experiments.variants import start_order
 from longctx_jax.ablation import changed_fields, check_variant, checked_variants
 from longctx_jax.config import base_config
 
@@ -52,6 +53,34 @@ def test_position_extrapolation_variants_are_one_knob(size):
     assert set(variants) == {"rope", "alibi", "nope", "pi_finetune_2x", "yarn_finetune_2x"}
     assert variants["rope"][1] == {}
     assert set(variants["alibi"][1]) == {"model.position.kind"}
+
+
+@pytest.mark.parametrize("size", ["demo", "full"])
+def test_sparse_attention_variants_change_only_the_stage_and_selection(size):
+    ablation = load_config_file("configs/ablations/sparse_attention.py", size)
+    variants = checked_variants(ablation)
+    order = start_order(variants)
+    assert order[:2] == ["pretrain", "warmup"]
+    assert set(order[2:]) == {"dense", "dsa", "window", "oracle"}
+    k = ablation.top_k
+    sparse = {name: changes for name, (_, changes) in variants.items()}
+    assert sparse["pretrain"] == {}
+    assert sparse["warmup"]["model.attention.sparse.stage"] == ("sparse", "dense_warmup")
+    assert "model.attention.sparse.top_k" not in sparse["dense"]
+    for name in ("dsa", "window", "oracle"):
+        assert sparse[name]["model.attention.sparse.top_k"] == (ablation.baseline.data.seq_len, k)
+    assert sparse["window"]["model.attention.sparse.local_window"] == (0, k)
+    assert sparse["oracle"]["model.attention.sparse.selector"] == ("indexer", "oracle")
+
+
+def test_start_order_refuses_unknown_and_cyclic_starts():
+    a, b = base_config(), base_config()
+    a.train.init_from, b.train.init_from = "@b", "@a"
+    with pytest.raises(ValueError, match="cycle"):
+        start_order({"a": (a, {}), "b": (b, {})})
+    a.train.init_from = "@c"
+    with pytest.raises(ValueError, match="names no variant"):
+        start_order({"a": (a, {})})
 
 
 def test_config_with_unknown_variant_field_fails_on_check():

@@ -6,6 +6,7 @@ the indexer loss never reaches the model:
   dense_warmup  dense attention; the indexer learns KL(head-summed dense attention || softmax(I)).
   sparse        each query attends to its top_k keys by index score (plus the always-kept local
                 window and first tokens); the indexer learns the same KL restricted to those keys.
+                With `selector = "oracle"` the keys are ranked by `oracle_scores` instead.
 The indexer loss is sown into the "losses" collection (only when that collection is mutable, so
 evaluation pays nothing for it); the train step adds it to the objective. With "intermediates"
 mutable, the index scores [B, T, S] are sown there too (`index_score_maps` stacks them).
@@ -23,6 +24,7 @@ from longctx_jax.attention.sparse import (
     index_scores,
     indexer_kl_loss,
     keep_always,
+    masked_scores,
     select_blocks,
     select_topk,
     sparse_attention,
@@ -66,7 +68,8 @@ def sparse_topk_attention(
             module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(scores_BTS, target))
         return out
 
-    indices, valid = select_keys(jax.lax.stop_gradient(scores_BTS), mask, sc)
+    ranking = oracle_scores(q_fixed, k_fixed, mask) if sc.selector == "oracle" else scores_BTS
+    indices, valid = select_keys(jax.lax.stop_gradient(ranking), mask, sc)
     block = dict(block_size=sc.block_size) if sc.granularity == "block" else {}
     out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid, **block)
     if with_loss:
@@ -78,6 +81,13 @@ def sparse_topk_attention(
         chosen = jnp.where(valid, jnp.take_along_axis(scores_BTS, indices, axis=-1), -jnp.inf)
         module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(chosen, target))
     return out
+
+
+def oracle_scores(q_BTNH, k_BTKH, mask: AttentionMask) -> jax.Array:
+    """Head-summed dense attention probabilities [B, T, S], -inf where hidden: their top k keys
+    hold the most attention mass any k keys can (the indexer's target and upper bound)."""
+    probs_BTS = attention_weights(q_BTNH, k_BTKH, mask=mask).astype(jnp.float32).sum(1)
+    return masked_scores(probs_BTS, mask)
 
 
 def select_keys(scores_BTS, mask: AttentionMask, sc):

@@ -12,6 +12,9 @@ Fields (defaults in brackets):
   attention.sparse.block_size [16]      keys per block for granularity="block".
   attention.sparse.method ["exact"]     token selector: "exact" (lax.top_k) | "approx" |
                                         "threshold" (fast exact for long rows).
+  attention.sparse.selector ["indexer"]  what ranks the keys in the sparse stage: "indexer" (DSA) |
+                                        "oracle" (the head-summed dense attention probabilities:
+                                        the most mass any top_k keys hold; an upper bound).
   attention.sparse.local_window [0]     always keep keys within this distance (0 = off).
   attention.sparse.first_tokens [0]     always keep the first positions (attention sinks).
   attention.sparse.index_heads [4], index_head_dim [32], index_rope_dim [16]  the indexer.
@@ -29,6 +32,7 @@ from longctx_jax.attention.sparse import METHODS
 KINDS = ("dense", "sparse_topk")
 STAGES = ("dense_warmup", "sparse")
 GRANULARITIES = ("token", "block")
+SELECTORS = ("indexer", "oracle")
 
 
 def default_sparse_config() -> ml_collections.ConfigDict:
@@ -39,6 +43,7 @@ def default_sparse_config() -> ml_collections.ConfigDict:
     cfg.granularity = "token"
     cfg.block_size = 16
     cfg.method = "exact"
+    cfg.selector = "indexer"
     cfg.local_window = 0
     cfg.first_tokens = 0
     cfg.index_heads = 4
@@ -58,7 +63,8 @@ def validate_sparse_config(cfg) -> None:
     sparse = cfg.attention.get("sparse", None)
     if sparse is None:
         raise _invalid("attention.sparse", None, "the sub-config of default_sparse_config()")
-    for name, allowed in (("stage", STAGES), ("granularity", GRANULARITIES), ("method", METHODS)):
+    choices = dict(stage=STAGES, granularity=GRANULARITIES, method=METHODS, selector=SELECTORS)
+    for name, allowed in choices.items():
         if sparse.get(name) not in allowed:
             raise _invalid(f"attention.sparse.{name}", sparse.get(name), f"one of {allowed}")
     for name in ("top_k", "block_size", "index_heads", "index_head_dim"):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from model_testlib import assert_close, packed_segments, random_params, random_tokens, tiny_config
 
+from longctx_jax.attention import AttentionMask, attention_weights
 from longctx_jax.model import DecoderLM
-from longctx_jax.model.sparse_block import LOSS_COLLECTION, indexer_loss
+from longctx_jax.model.sparse_block import LOSS_COLLECTION, indexer_loss, oracle_scores, select_keys
 
 B, T = 2, 24
 
@@ -84,6 +85,28 @@ def test_selecting_every_key_equals_the_dense_model(granularity, seed):
     assert np.abs(np.asarray(partial) - np.asarray(want)).max() > 1e-3, "top_k=4 changed nothing"
 
 
+def test_oracle_selects_the_keys_with_the_most_true_attention_mass(seed):
+    rng = np.random.default_rng(seed)
+    segment_ids, positions = packed_segments(rng, B, T)
+    q = jnp.asarray(rng.standard_normal((B, T, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((B, T, 2, 8)), jnp.float32)
+    mask = AttentionMask(
+        q_positions=positions,
+        kv_positions=positions,
+        q_segment_ids=segment_ids,
+        kv_segment_ids=segment_ids,
+    )
+    sc = sparse_config("sparse", top_k=4, selector="oracle").attention.sparse
+    indices, valid = select_keys(oracle_scores(q, k, mask), mask, sc)
+    mass = np.asarray(attention_weights(q, k, mask=mask)).sum(1)  # [B, T, S] head-summed
+    for b in range(B):
+        for t in range(T):
+            visible = np.flatnonzero(mass[b, t] > 0)
+            want = visible[np.argsort(-mass[b, t, visible], kind="stable")][:4]
+            got = np.asarray(indices[b, t])[np.asarray(valid[b, t])]
+            assert sorted(got) == sorted(want), f"[seed={seed}] query ({b}, {t})"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -91,6 +114,7 @@ def test_selecting_every_key_equals_the_dense_model(granularity, seed):
         ({"attention.sparse.stage": "warmup"}, "model.attention.sparse.stage='warmup'"),
         ({"attention.sparse.top_k": 0}, "model.attention.sparse.top_k=0"),
         ({"attention.sparse.method": "sort"}, "model.attention.sparse.method='sort'"),
+        ({"attention.sparse.selector": "true"}, "model.attention.sparse.selector='true'"),
         ({"attention.sparse.index_rope_dim": 3}, "model.attention.sparse.index_rope_dim=3"),
         ({"attention.sparse.granularity": "block", "attention.sparse.top_k": 4}, "top_k=4"),
         ({"attention.logits_soft_cap": 30.0}, "logits_soft_cap=30.0"),

@@ -18,6 +18,7 @@ from longctx_jax.attention.sparse.select import (
     METHODS,
     block_tokens,
     keep_always,
+    masked_scores,
     select_blocks,
     select_topk,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "index_scores",
     "indexer_kl_loss",
     "keep_always",
+    "masked_scores",
     "select_blocks",
     "select_from_features",
     "select_topk",

@@ -1,0 +1,114 @@
+"""Sparse attention at a fixed key budget k: dense vs DSA (learned top-k) vs sliding window vs
+oracle top-k, on the stdlib corpus.
+
+  longctx ablate --config configs/ablations/sparse_attention.py:demo   # ~12 min on a 2-core CPU
+  longctx ablate --config configs/ablations/sparse_attention.py        # full
+
+Stages, each from the previous one's checkpoint ("@name"):
+  pretrain  a dense LM (`sparse_topk` selecting every key is exactly dense attention; the indexer
+            is present but untrained: loss_weight 0, so only weight decay moves it).
+  warmup    dense warm-up: only the indexer trains, by the KL loss to dense attention.
+  dense, dsa, window, oracle   the sparse stage, the same steps each: every key (dense), the
+            indexer's top k (DSA), the k nearest keys (`local_window = k` fills the budget), or the
+            top k by the true head-summed attention (oracle).
+"""
+
+import ml_collections
+
+from longctx_jax.config import base_config
+
+# Train length, key budget, model size, batch, steps per stage, evaluation documents and recall ks.
+SIZES = {
+    "demo": dict(
+        seq_len=256,
+        top_k=32,
+        layers=2,
+        width=128,
+        batch=8,
+        pretrain=200,
+        warmup=100,
+        sparse=120,
+        eval_documents=24,
+        recall_ks=(4, 8, 16, 32, 64, 128),
+    ),
+    "full": dict(
+        seq_len=1024,
+        top_k=64,
+        layers=4,
+        width=256,
+        batch=8,
+        pretrain=3000,
+        warmup=500,
+        sparse=1000,
+        eval_documents=64,
+        recall_ks=(8, 16, 32, 64, 128, 256, 512),
+    ),
+}
+
+
+def baseline(size):
+    """The dense pretraining run (every later stage starts from it)."""
+    s = SIZES[size]
+    config = base_config()
+    config.model.num_layers = s["layers"]
+    config.model.embed_dim = s["width"]
+    config.model.num_heads = 4
+    config.model.num_kv_heads = 4
+    config.model.head_dim = s["width"] // 4
+    config.model.mlp_dim = 4 * s["width"]
+    config.model.attention.kind = "sparse_topk"
+    config.model.attention.sparse.stage = "sparse"
+    config.model.attention.sparse.top_k = s["seq_len"]  # every key: dense attention
+    config.model.attention.sparse.loss_weight = 0.0
+    config.data.seq_len = s["seq_len"]
+    config.data.batch_size = s["batch"]
+    stage_steps(config, s["pretrain"])
+    return config
+
+
+def stage_steps(config, steps):
+    config.train.steps = steps
+    config.train.warmup_steps = steps // 10
+    config.train.checkpoint_every = steps
+
+
+STAGE_FIELDS = (
+    "model.attention.sparse.loss_weight",
+    "train.init_from",
+    "train.steps",
+    "train.warmup_steps",
+    "train.checkpoint_every",
+)
+
+
+def stage(size, init_from, steps, **sparse):
+    """A stage from `init_from`'s checkpoint with the indexer loss on and `sparse` overrides."""
+    config = baseline(size)
+    config.model.attention.sparse.update(loss_weight=1.0, **sparse)
+    config.train.init_from = init_from
+    stage_steps(config, steps)
+    changes = STAGE_FIELDS + tuple(f"model.attention.sparse.{name}" for name in sparse)
+    return ml_collections.ConfigDict(dict(config=config, changes=changes))
+
+
+def get_config(size="full"):
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
+    s = SIZES[size]
+    k, steps = s["top_k"], s["sparse"]
+    ablation = ml_collections.ConfigDict()
+    ablation.name = f"sparse_attention_{size}"
+    ablation.experiment = "sparse_attention"
+    ablation.baseline = baseline(size)
+    ablation.top_k = k
+    ablation.recall_ks = s["recall_ks"]
+    ablation.eval_documents = s["eval_documents"]
+    ablation.variants = dict(
+        pretrain=ml_collections.ConfigDict(dict(config=baseline(size), changes=())),
+        warmup=stage(size, "@pretrain", s["warmup"], stage="dense_warmup"),
+        dense=stage(size, "@warmup", steps),
+        dsa=stage(size, "@warmup", steps, top_k=k),
+        window=stage(size, "@warmup", steps, top_k=k, local_window=k),
+        oracle=stage(size, "@warmup", steps, top_k=k, selector="oracle"),
+    )
+    return ablation

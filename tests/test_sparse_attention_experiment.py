@@ -1,0 +1,29 @@
+"""The sparse attention experiment's summaries on a small hand-made result."""
+
+import pytest
+
+from experiments.sparse_attention import format_table, trailing_nll
+
+
+def fake_result(nll):
+    return dict(
+        nll=sum(nll) / len(nll),
+        by_position=dict(edges=[0, 64, 128, 192, 256], nll=nll, tokens=[10, 10, 30, 10]),
+    )
+
+
+def test_trailing_nll_weights_the_buckets_from_start_by_their_tokens():
+    result = fake_result([3.0, 2.0, 1.0, 2.0])
+    assert trailing_nll(result, 128) == pytest.approx((30 * 1.0 + 10 * 2.0) / 40)
+    assert trailing_nll(result, 0) == pytest.approx((30 + 20 + 30 + 20) / 60)
+
+
+def test_format_table_has_a_row_per_variant_selector_and_passkey_run():
+    loss = {"after: dense": fake_result([3.0, 2.0, 1.0, 2.0])}
+    loss["after: dense"]["trailing_nll"] = 1.25
+    passkey = {"dsa": dict(accuracy=[[0.0, 0.5]], teacher_forced_digit_accuracy=[[0.25, 0.5]])}
+    recall = dict(ks=[16, 32], curves={"oracle": [0.5, 0.75]})
+    table = format_table(dict(top_k=32, loss=loss, recall=recall, passkey=passkey))
+    assert "after: dense" in table and "1.250" in table
+    assert "oracle" in table and "0.750" in table
+    assert "dsa" in table and "0.375" in table
