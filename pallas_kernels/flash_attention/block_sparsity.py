@@ -60,6 +60,11 @@ def schedule(classes) -> tuple[jax.Array, jax.Array]:
     return counts.reshape(-1), (2 * block + partial).astype(jnp.int32).reshape(-1)
 
 
+def decode_step(step):
+    """(block index, partial) of one schedule entry, the inverse of the encoding in `schedule`."""
+    return step // 2, step % 2 == 1
+
+
 def row_schedule(classes):
     """Per query block, the key blocks to visit (forward and dQ passes)."""
     return schedule(classes)

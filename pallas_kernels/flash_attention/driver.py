@@ -43,7 +43,6 @@ from pallas_kernels.flash_attention.problem import (
 class Backend:
     """One hardware target: its kernels and its rules for block sizes and head_dim."""
 
-    name: str
     platform: str  # the lowering platform whose compiled kernel is the real one
     # (q_len, kv_len, head_dim, block_q, block_kv, *, backward) -> (block_q, block_kv) for the
     # forward or backward pass (user blocks, else the backend's defaults), or a ValueError

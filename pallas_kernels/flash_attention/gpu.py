@@ -22,6 +22,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.flash_attention import driver
+from pallas_kernels.flash_attention.block_sparsity import decode_step
 from pallas_kernels.flash_attention.problem import softcap_grad, tile_logits
 
 # Default (block_q, block_kv) per (head_dim up to, pass), from benchmarks/pallas_gpu_blocks.py on
@@ -80,10 +81,9 @@ def _params():
     return plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 
-def _step(counts_ref, steps_ref, row, n_steps, j):
+def _step(steps_ref, row, n_steps, j):
     """(block index, partial) of schedule step j of flattened row `row`."""
-    step = steps_ref[row * n_steps + j]
-    return step // 2, step % 2 == 1
+    return decode_step(steps_ref[row * n_steps + j])
 
 
 def _whole(x):
@@ -107,7 +107,7 @@ def _forward_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
 
     def body(j, carry):
         acc, m_prev, l_prev = carry
-        block, partial = _step(counts_ref, steps_ref, row, nkv, j)
+        block, partial = _step(steps_ref, row, nkv, j)
         keys = pl.ds(pl.multiple_of(block * bkv, bkv), bkv)
         qk = _dot(q, k_ref[keys, :], _NT)
         kv_pos, kv_seg = kp_ref[keys][None, :], ks_ref[keys][None, :]
@@ -187,7 +187,7 @@ def _dq_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
 
     def body(j, carry):
         dq, dslope = carry
-        block, partial = _step(counts_ref, steps_ref, row, nkv, j)
+        block, partial = _step(steps_ref, row, nkv, j)
         keys = pl.ds(pl.multiple_of(block * bkv, bkv), bkv)
         k = k_ref[keys, :]
         kv_pos, kv_seg = kp_ref[keys][None, :], ks_ref[keys][None, :]
@@ -256,7 +256,7 @@ def _dkv_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
 
         def body(i, carry):
             dk, dv = carry
-            block, partial = _step(counts_ref, steps_ref, col, nq, i)
+            block, partial = _step(steps_ref, col, nq, i)
             rows = pl.ds(pl.multiple_of(block * bq, bq), bq)
             q, do = q_ref[g, rows, :], do_ref[g, rows, :]
             masks = (qp_ref[rows][:, None], kv_pos, qs_ref[rows][:, None], kv_seg)
@@ -304,7 +304,6 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
 
 
 BACKEND = driver.Backend(
-    name="gpu",
     platform="cuda",
     blocks=_blocks,
     padded_head_dim=_head_dim,

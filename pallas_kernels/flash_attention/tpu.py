@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.flash_attention import driver
+from pallas_kernels.flash_attention.block_sparsity import decode_step
 from pallas_kernels.flash_attention.problem import round_up, softcap_grad, tile_logits
 
 DEFAULT_BLOCK_Q = 512
@@ -93,9 +94,15 @@ def _row_spec(bq, index):
 
 
 def _step(counts_ref, steps_ref, outer_row, j, n_steps):
-    """(active, block index, partial) of schedule step j of flattened row `outer_row`."""
-    step = steps_ref[outer_row * n_steps + j]
-    return j < counts_ref[outer_row], step // 2, step % 2 == 1
+    """(active, partial) of schedule step j of flattened row `outer_row`."""
+    _, partial = decode_step(steps_ref[outer_row * n_steps + j])
+    return j < counts_ref[outer_row], partial
+
+
+def _scheduled_block(steps, outer_row, j, n_steps):
+    """Index-map helper: the partner block at schedule step j of flattened row `outer_row`."""
+    block, _ = decode_step(steps[outer_row * n_steps + j])
+    return block
 
 
 def _when_tile(active, partial, body):
@@ -119,7 +126,7 @@ def _forward_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
         l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
         acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
 
-    active, _, partial = _step(counts_ref, steps_ref, b * nq + i, j, nkv)
+    active, partial = _step(counts_ref, steps_ref, b * nq + i, j, nkv)
 
     def tile(masked):
         slope = None if slope_ref is None else slope_ref[n]
@@ -155,7 +162,7 @@ def forward(problem, q, k, v, slopes, mask, rows, *, interpret):
     counts, steps = rows
 
     def kv_block(b, n, i, j, counts, steps):
-        return steps[(b * nq + i) * nkv + j] // 2
+        return _scheduled_block(steps, b * nq + i, j, nkv)
 
     q_spec = pl.BlockSpec((None, None, bq, h), lambda b, n, i, j, *_: (b, n, i, 0))
     kv_spec = pl.BlockSpec(
@@ -229,7 +236,7 @@ def _dq_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
         if dslope_scr is not None:
             dslope_scr[...] = jnp.zeros(dslope_scr.shape, jnp.float32)
 
-    active, _, partial = _step(counts_ref, steps_ref, b * nq + i, j, nkv)
+    active, partial = _step(counts_ref, steps_ref, b * nq + i, j, nkv)
 
     def tile(masked):
         slope = None if slope_ref is None else slope_ref[n]
@@ -268,7 +275,7 @@ def backward_dq(problem, q, k, v, slopes, mask, rows, d_out, lse, delta, *, inte
     nq, nkv = t // bq, s // bkv
 
     def kv_block(b, n, i, j, counts, steps):
-        return steps[(b * nq + i) * nkv + j] // 2
+        return _scheduled_block(steps, b * nq + i, j, nkv)
 
     q_spec = pl.BlockSpec((None, None, bq, h), lambda b, n, i, j, *_: (b, n, i, 0))
     row_spec = _row_spec(bq, lambda b, n, i, *_: (b, n, i))
@@ -313,7 +320,7 @@ def _dkv_kernel(counts_ref, steps_ref, *refs, problem, nq, nkv):
         dk_scr[...] = jnp.zeros(dk_scr.shape, jnp.float32)
         dv_scr[...] = jnp.zeros(dv_scr.shape, jnp.float32)
 
-    active, _, partial = _step(counts_ref, steps_ref, b * nkv + j, i, nq)
+    active, partial = _step(counts_ref, steps_ref, b * nkv + j, i, nq)
 
     def tile(masked):
         slope = None if slope_ref is None else slope_ref[kh * problem.num_groups + g]
@@ -349,7 +356,7 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
     nq, nkv = t // bq, s // bkv
 
     def q_block(b, kh, j, gi, i, counts, steps):
-        return steps[(b * nkv + j) * nq + i] // 2
+        return _scheduled_block(steps, b * nkv + j, i, nq)
 
     def q_index(b, kh, j, gi, i, c, st):
         return (b, kh * g + gi, q_block(b, kh, j, gi, i, c, st), 0)
@@ -381,7 +388,6 @@ def backward_dkv(problem, q, k, v, slopes, mask, cols, d_out, lse, delta, *, int
 
 
 BACKEND = driver.Backend(
-    name="tpu",
     platform="tpu",
     blocks=_blocks,
     padded_head_dim=_head_dim,
