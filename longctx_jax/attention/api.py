@@ -20,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from longctx_jax.attention import cudnn
+from longctx_jax.attention import cudnn, pallas
 from longctx_jax.attention.blockwise import blockwise_attention
 from longctx_jax.attention.mask import AttentionMask
-from longctx_jax.attention.pallas import pallas_attention
 from longctx_jax.attention.reference import reference_attention, reference_weights
 from longctx_jax.attention.xla import xla_attention
 
@@ -74,7 +73,7 @@ def attention(
             return cudnn.cudnn_attention(q, k, v, mask, scale=scale)
         kwargs = dict(scale=scale, soft_cap=logits_soft_cap, slopes=slopes)
         if name.startswith("pallas_"):
-            return pallas_attention(name, q, k, v, resolved, **kwargs)
+            return pallas.pallas_attention(name, q, k, v, resolved, **kwargs)
         implementation = dict(
             reference=reference_attention, blockwise=blockwise_attention, xla=xla_attention
         )[name]
@@ -83,10 +82,13 @@ def attention(
     args = (q, k, v, resolved, alibi_slopes)
     if impl != "auto":
         return run(impl, *args)
-    gpu = "pallas_gpu" if no_cudnn else AUTO_GPU
+    # A kernel that cannot take these shapes (say head_dim > 256 on GPU) falls back to blockwise.
+    tpu = "blockwise" if pallas.unsupported("pallas_tpu", q, k) else "pallas_tpu"
+    gpu = "blockwise" if pallas.unsupported("pallas_gpu", q, k) else "pallas_gpu"
+    gpu = gpu if no_cudnn else AUTO_GPU
     return lax.platform_dependent(
         *args,
-        tpu=functools.partial(run, "pallas_tpu"),
+        tpu=functools.partial(run, tpu),
         cuda=functools.partial(run, gpu),
         default=functools.partial(run, "blockwise"),
     )

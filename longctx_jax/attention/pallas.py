@@ -19,6 +19,18 @@ from pallas_kernels.flash_attention import driver, gpu, tpu
 BACKENDS = dict(pallas_tpu=tpu.BACKEND, pallas_gpu=gpu.BACKEND)
 
 
+def unsupported(kernel: str, q, k) -> str | None:
+    """Why `kernel` cannot take these shapes with its default blocks (the backend's ValueError
+    message), or None if it can."""
+    t, h, s = q.shape[1], q.shape[3], k.shape[1]
+    try:
+        for backward in (False, True):
+            BACKENDS[kernel].blocks(t, s, h, None, None, backward=backward)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _heads_first(x):
     return x.transpose(0, 2, 1, 3)  # [B, L, N, H] <-> [B, N, L, H]
 

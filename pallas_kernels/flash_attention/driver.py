@@ -67,9 +67,9 @@ class _Prepared:
     q_len: int
     head_dim: int
 
-    def pad_rows(self, x, value=0):
-        """Pads a [B, N, T(, H)] per-query array like q."""
-        x = pad_axis(x, 2, self.q.shape[2], value)
+    def pad_rows(self, x):
+        """Pads a [B, N, T(, H)] per-query array like q, with zeros."""
+        x = pad_axis(x, 2, self.q.shape[2], 0)
         return pad_axis(x, 3, self.q.shape[3], 0) if x.ndim == 4 else x
 
     def unpad(self, x):

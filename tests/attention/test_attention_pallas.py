@@ -127,6 +127,15 @@ def test_auto_is_blockwise_on_cpu(seed):
     np.testing.assert_array_equal(np.asarray(f(q, k, v)), np.asarray(blockwise))
 
 
+def test_auto_takes_shapes_a_kernel_cannot(seed):
+    """head_dim 512 is beyond the GPU kernel: `auto` still traces and runs (blockwise here)."""
+    rng = np.random.default_rng(seed)
+    q, k, v, w, mask = grid_case(rng, Shape(1, 16, 16, 2, 1, 512, window=4), "causal")
+    out = jax.jit(lambda q, k, v: attention(q, k, v, mask=mask, impl="auto"))(q, k, v)
+    expected, _ = reference_attention(q, k, v, mask)
+    assert_close(out, expected, F32_RTOL, f"[seed={seed} auto head_dim 512]")
+
+
 @pytest.mark.parametrize(
     "kernel,blocks,message",
     [
