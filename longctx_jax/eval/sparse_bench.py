@@ -27,7 +27,7 @@ from tqdm import tqdm
 from longctx_jax.attention import AttentionMask, attention
 from longctx_jax.attention.sparse import select_from_features, select_topk, sparse_attention
 from longctx_jax.attention.sparse.indexer import score_tile
-from longctx_jax.attention.sparse.stream import key_widths
+from longctx_jax.attention.sparse.select import key_widths
 from longctx_jax.eval.cost import temp_bytes, time_call
 from longctx_jax.eval.table import format_rows, mib, write_bench
 

@@ -92,6 +92,29 @@ def test_threshold_covers_the_whole_float_range(seed):
     assert (got == want).all(), f"[seed={seed} k={k}]"
 
 
+@pytest.mark.parametrize("method", ("exact", "threshold"))
+def test_a_point_mass_at_the_k_th_value_is_cut_at_the_lowest_indices(method, seed):
+    """Index scores are sums of ReLUs: many exact zeros, often where the k-th value falls."""
+    rng = np.random.default_rng(seed)
+    s = 3000
+    scores = np.maximum(rng.standard_normal((1, 12, s)), 0.0).astype(np.float32)
+    scores[:, :, rng.random(s) < 0.1] = -np.inf
+    zeros_from = (scores > 0).sum(-1).max()
+    k = int(rng.integers(zeros_from + 1, zeros_from + 200))  # the k-th value is 0 in every row
+    indices, valid = select_topk(jnp.asarray(scores), k, method=method, block_rows=4)
+    got = chosen_sets(indices, valid)
+    want = numpy_topk_sets(scores, scores > -np.inf, k)
+    assert (got == want).all(), f"[seed={seed} k={k}] {np.argwhere(got != want)[:3]}"
+
+
+def test_threshold_compares_subnormal_scores_as_zero():
+    """The CPU flushes subnormal floats to zero in comparisons; the threshold search follows it,
+    so a subnormal score ties with 0 (lowest index first) instead of ranking above it."""
+    scores = np.array([[[0.0, 1e-40, 0.0, 3e-39, -1e-40, 1.0, 0.0]]], np.float32)
+    got = chosen_sets(*select_topk(jnp.asarray(scores), 3, method="threshold"))
+    assert got[0, 0] == {0, 1, 5}
+
+
 def test_block_selection_takes_whole_blocks_with_the_best_max(seed):
     rng = np.random.default_rng(seed)
     scores, mask, vis = oracle_case(rng, "combined")

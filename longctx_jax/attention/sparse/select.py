@@ -7,8 +7,10 @@ Ties are broken deterministically: the lower key index wins.
 
   exact      `lax.top_k` (indices by descending score).
   approx     `lax.approx_max_k` (TPU's approximate top-k; exact on CPU / GPU).
-  threshold  per-row threshold search (`threshold.py`), exact, ascending indices; rows are
-             processed `block_rows` at a time, so its temporaries are O(block_rows * S).
+  threshold  per-row threshold search (`threshold.py`), exact, ascending indices; queries are
+             processed `block_rows` at a time, so its temporaries are O(block_rows * S);
+             the mask is applied per block, and under a causal mask on default positions a
+             block reads only the key prefix it can see.
 `select_blocks` selects whole key blocks by their best score (block granularity); `block_tokens`
 lists the keys of selected blocks.
 `keep_always` forces a local window and the first tokens into any selection.
@@ -21,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from longctx_jax.attention.logits import tile_visible
-from longctx_jax.attention.mask import AttentionMask
-from longctx_jax.attention.sparse.threshold import compact, sortable_keys, threshold_select
+from longctx_jax.attention.mask import AttentionMask, visible
+from longctx_jax.attention.sparse.threshold import compact_words, topk_words
 
 METHODS = ("exact", "approx", "threshold")
 DEFAULT_BLOCK_ROWS = 32
@@ -30,6 +32,10 @@ DEFAULT_BLOCK_ROWS = 32
 
 def select_topk(scores_BTS, k: int, *, mask=None, method: str = "exact", block_rows=None):
     """The k best-scoring visible keys of every query; see the module docstring."""
+    if method == "threshold":
+        _check_scores(scores_BTS, mask)
+        _check_k(k, scores_BTS.shape[-1])
+        return threshold_topk(scores_BTS, k, mask=mask, block_rows=block_rows or DEFAULT_BLOCK_ROWS)
     scores_BTS = masked_scores(scores_BTS, mask)
     _check_k(k, scores_BTS.shape[-1])
     if method == "exact":
@@ -38,24 +44,69 @@ def select_topk(scores_BTS, k: int, *, mask=None, method: str = "exact", block_r
     if method == "approx":
         values, indices = lax.approx_max_k(scores_BTS, k)
         return indices.astype(jnp.int32), values > -jnp.inf
-    if method == "threshold":
-        return threshold_topk(scores_BTS, k, block_rows=block_rows or DEFAULT_BLOCK_ROWS)
     raise ValueError(f"method={method!r}: expected one of {METHODS}")
 
 
-def threshold_topk(scores_BTS, k: int, *, block_rows: int = DEFAULT_BLOCK_ROWS):
-    """Exact top-k by per-row thresholds, `block_rows` rows at a time (ascending indices)."""
+def threshold_topk(scores_BTS, k: int, *, mask=None, block_rows: int = DEFAULT_BLOCK_ROWS):
+    """Exact top-k by per-row thresholds, `block_rows` queries at a time (ascending indices).
+
+    The mask is applied block by block, and under a causal mask on default positions a block
+    reads only the key prefix its queries can see (`key_widths`)."""
     b, t, s = scores_BTS.shape
-    rows = b * t
-    n_blocks = -(-rows // block_rows)
-    scores = jnp.pad(scores_BTS.reshape(rows, s), ((0, n_blocks * block_rows - rows), (0, 0)))
+    m = (AttentionMask() if mask is None else mask).resolved(b, t, s)
+    bq = min(block_rows, t)
+    n = -(-t // bq)
+    pad = n * bq - t
 
-    def one_block(scores_RS):
-        return compact(threshold_select(sortable_keys(scores_RS), k), k)
+    def to_blocks(x):
+        """[B, T, ...] -> [n, B, bq, ...] (T padded to n * bq)."""
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape((b, n, bq) + x.shape[2:]), 1, 0)
 
-    indices, valid = lax.map(one_block, scores.reshape(n_blocks, block_rows, s))
-    unblock = lambda x: x.reshape(-1, k)[:rows].reshape(b, t, k)  # noqa: E731
+    def one_block(args, width):
+        scores, q_pos, q_seg = args
+        scores = scores[:, :, :width].astype(jnp.float32)
+        if mask is not None:
+            ok = visible(
+                m.causal,
+                m.window,
+                q_pos[:, :, None],
+                m.kv_positions[:, None, :width],
+                q_seg[:, :, None],
+                m.kv_segment_ids[:, None, :width],
+            )
+            scores = jnp.where(ok, scores, -jnp.inf)
+        width_k = min(k, width)
+        words = topk_words(scores.reshape(b * bq, width), width_k)
+        indices, valid = compact_words(words, width_k)
+        extra = ((0, 0), (0, k - width_k))
+        return jnp.pad(indices, extra).reshape(b, bq, k), jnp.pad(valid, extra).reshape(b, bq, k)
+
+    args = tuple(to_blocks(x) for x in (scores_BTS, m.q_positions, m.q_segment_ids))
+    widths = key_widths(mask, t, s, bq) if mask is not None else [(0, n, s)]
+    results = [
+        lax.map(lambda a, w=width: one_block(a, w), tuple(x[lo:hi] for x in args))
+        for lo, hi, width in widths
+    ]
+    indices, valid = (jnp.concatenate(parts) for parts in zip(*results, strict=True))
+    unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * bq, k)[:, :t]  # noqa: E731
     return unblock(indices), unblock(valid)
+
+
+def key_widths(mask: AttentionMask, t: int, s: int, bq: int):
+    """[(first block, end block, keys to read)]: query blocks grouped by how many leading keys
+    they can see. With a causal mask on default positions (t == s), block i sees only keys
+    below (i + 1) * bq, so groups of blocks read doubling prefixes (about 2/3 of the work of
+    reading every key); any other mask reads every key."""
+    n = -(-t // bq)
+    if not (mask.causal and mask.q_positions is None and mask.kv_positions is None and t == s):
+        return [(0, n, s)]
+    groups, start, width = [], 0, bq
+    while start < n:
+        end = n if width >= s else min(n, width // bq)
+        groups.append((start, end, min(width, s)))
+        start, width = end, width * 2
+    return groups
 
 
 def select_blocks(scores_BTS, num_blocks: int, *, block_size: int = 64, mask=None):
@@ -99,20 +150,25 @@ def keep_always(scores_BTS, mask: AttentionMask | None, *, local_window: int, fi
 
 def masked_scores(scores_BTS, mask: AttentionMask | None) -> jax.Array:
     """float32 scores with -inf where `mask` hides the key (scores unchanged if mask is None)."""
-    shape = tuple(getattr(scores_BTS, "shape", ()))
-    if len(shape) != 3:
-        raise ValueError(f"scores has shape {shape}: expected [batch, q_len, kv_len]")
+    _check_scores(scores_BTS, mask)
     scores_BTS = jnp.asarray(scores_BTS, jnp.float32)
     if mask is None:
         return scores_BTS
-    if not isinstance(mask, AttentionMask):
-        raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
-    mask.validate(*shape)
-    m = mask.resolved(*shape)
+    m = mask.resolved(*scores_BTS.shape)
     ok = tile_visible(
         m.causal, m.window, m.q_positions, m.kv_positions, m.q_segment_ids, m.kv_segment_ids
     )[:, 0, 0]
     return jnp.where(ok, scores_BTS, -jnp.inf)
+
+
+def _check_scores(scores_BTS, mask) -> None:
+    shape = tuple(getattr(scores_BTS, "shape", ()))
+    if len(shape) != 3:
+        raise ValueError(f"scores has shape {shape}: expected [batch, q_len, kv_len]")
+    if mask is not None:
+        if not isinstance(mask, AttentionMask):
+            raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
+        mask.validate(*shape)
 
 
 def _check_k(k, limit: int, *, what: str = "k", against: str = "keys") -> None:

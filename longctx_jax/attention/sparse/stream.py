@@ -9,8 +9,8 @@ from jax import lax
 
 from longctx_jax.attention.mask import AttentionMask, visible
 from longctx_jax.attention.sparse.indexer import _check_features, score_tile
-from longctx_jax.attention.sparse.select import _check_k, select_blocks
-from longctx_jax.attention.sparse.threshold import compact, sortable_keys, threshold_select
+from longctx_jax.attention.sparse.select import _check_k, key_widths, select_blocks
+from longctx_jax.attention.sparse.threshold import compact_words, topk_words
 
 GRANULARITIES = ("token", "block")
 
@@ -75,8 +75,8 @@ def select_from_features(
             values, indices = lax.top_k(scores, min(k, width))
             indices, valid = indices.astype(jnp.int32), values > -jnp.inf
         else:
-            keys = sortable_keys(scores.reshape(b * bq, width))
-            indices, valid = compact(threshold_select(keys, min(k, width)), min(k, width))
+            words = topk_words(scores.reshape(b * bq, width), min(k, width))
+            indices, valid = compact_words(words, min(k, width))
             indices, valid = indices.reshape(b, bq, -1), valid.reshape(b, bq, -1)
         extra = ((0, 0), (0, 0), (0, out_width - indices.shape[-1]))
         return jnp.pad(indices, extra), jnp.pad(valid, extra)
@@ -89,19 +89,3 @@ def select_from_features(
     indices, valid = (jnp.concatenate(parts) for parts in zip(*results, strict=True))
     unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * bq, -1)[:, :t]  # noqa: E731
     return unblock(indices), unblock(valid)
-
-
-def key_widths(mask: AttentionMask, t: int, s: int, bq: int):
-    """[(first block, end block, keys to score)]: query blocks grouped by how many leading keys
-    they can see. With a causal mask on default positions (t == s), block i sees only keys
-    below (i + 1) * bq, so groups of blocks score doubling prefixes (about 2/3 of the work of
-    scoring every key); any other mask scores every key."""
-    n = -(-t // bq)
-    if not (mask.causal and mask.q_positions is None and mask.kv_positions is None and t == s):
-        return [(0, n, s)]
-    groups, start, width = [], 0, bq
-    while start < n:
-        end = n if width >= s else min(n, width // bq)
-        groups.append((start, end, min(width, s)))
-        start, width = end, width * 2
-    return groups
