@@ -9,6 +9,7 @@ from attention_reference import SHAPES, grid_case, visibility
 
 from longctx_jax.attention import AttentionMask
 from longctx_jax.attention.sparse import LightningIndexer, index_scores
+from longctx_jax.attention.sparse.indexer import scores_at
 
 HEADS, DIM, ROPE_DIM, BASE = 3, 16, 8, 10000.0
 
@@ -69,6 +70,20 @@ def test_scores_match_the_numpy_indexer(kind, seed):
     np.testing.assert_allclose(
         np.asarray(got)[finite], want[finite], rtol=1e-4, atol=1e-4, err_msg=f"[seed={seed}]"
     )
+
+
+def test_scores_of_selected_keys_equal_the_score_matrix_entries(seed):
+    rng = np.random.default_rng(seed)
+    b, t, n = 2, 37, 9
+    q = jnp.asarray(rng.standard_normal((b, t, HEADS, DIM)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((b, t, DIM)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((b, t, HEADS)), jnp.float32)
+    indices = jnp.asarray(rng.integers(0, t, (b, t, n)), jnp.int32)
+    valid = jnp.asarray(rng.random((b, t, n)) < 0.7)
+    got = scores_at(q, k, w, indices, valid)
+    full = numpy_scores(*(np.asarray(x, np.float64) for x in (q, k, w)), np.ones((b, t, t), bool))
+    want = np.where(valid, np.take_along_axis(full, np.asarray(indices), -1), -np.inf)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"[seed={seed}]")
 
 
 def test_scores_depend_on_relative_positions_only(seed):

@@ -82,6 +82,16 @@ def index_scores(q_BTJI, k_BSI, w_BTJ, mask: AttentionMask | None = None) -> jax
     return jnp.where(ok_BTS, score_tile(q_BTJI, k_BSI, w_BTJ), -jnp.inf)
 
 
+def scores_at(q_BTJI, k_BSI, w_BTJ, indices_BTn, valid_BTn) -> jax.Array:
+    """Scores [B, T, n] float32 of the selected keys only (-inf where not valid): O(T * n) memory,
+    for the indexer's loss in the sparse stage without the [T, S] matrix."""
+    _check_features(q_BTJI, k_BSI, w_BTJ)
+    k_sel = jnp.take_along_axis(k_BSI[:, None], indices_BTn[..., None], axis=2)  # [B, T, n, I]
+    dots = jnp.einsum("btji,btni->btjn", q_BTJI, k_sel, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btjn,btj->btn", jax.nn.relu(dots), w_BTJ.astype(jnp.float32))
+    return jnp.where(valid_BTn, scores, -jnp.inf)
+
+
 def score_tile(q_BTJI, k_BSI, w_BTJ) -> jax.Array:
     """Unmasked sum_j w[t, j] * relu(q[t, j] . k[s]) for one tile, float32 [B, T, S]."""
     dots_BTJS = jnp.einsum("btji,bsi->btjs", q_BTJI, k_BSI, preferred_element_type=jnp.float32)
