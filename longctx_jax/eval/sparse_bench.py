@@ -5,8 +5,10 @@ Shapes follow DSA: MQA (one KV head shared by every query head, so one selection
 small lightning indexer, k keys per query, causal. Index features are random inputs (their
 projections are O(L) and left out). Every stage is timed on its own cumulative prefix in the
 same run, so shares are differences: indexer = scoring alone (every score tile computed and
-reduced), selection = (scoring + selection) - scoring, attention = total - (scoring +
-selection). Forward+backward differentiates the sparse attention (selection has no gradient;
+reduced; for block granularity the query blocks' anchors only, reduced to key-block maxima, as
+the selection does), selection = (scoring + selection) - scoring, attention = total - (scoring +
+selection). Block granularity attends with `block_sparse_attention` (one selection per block of
+64 queries). Forward+backward differentiates the sparse attention (selection has no gradient;
 the indexer's own loss is not included) against blockwise attention's forward+backward.
 Memory is XLA's compiled temporaries of each whole computation.
 
@@ -25,9 +27,15 @@ from jax import lax
 from tqdm import tqdm
 
 from longctx_jax.attention import AttentionMask, attention
-from longctx_jax.attention.sparse import select_from_features, select_topk, sparse_attention
+from longctx_jax.attention.sparse import (
+    block_sparse_attention,
+    select_from_features,
+    select_topk,
+    sparse_attention,
+)
 from longctx_jax.attention.sparse.indexer import score_tile
 from longctx_jax.attention.sparse.select import key_widths
+from longctx_jax.attention.sparse.stream import anchor_block_maxima
 from longctx_jax.eval.cost import temp_bytes, time_call
 from longctx_jax.eval.table import format_rows, mib, write_bench
 
@@ -56,8 +64,8 @@ def bench_inputs(length, *, heads, head_dim, index_heads, index_dim, seed=0):
 
 
 def index_only(q_idx, k_idx, w, *, block_q: int = 32):
-    """Every causal index score tile that `select_from_features` computes (the same key
-    prefixes per query block), reduced to its row max: scoring's cost alone."""
+    """Every causal index score tile that `select_from_features` computes for token granularity
+    (the same key prefixes per query block), reduced to its row max: scoring's cost alone."""
     b, t, j, i = q_idx.shape
     n = t // block_q
     q_blk = q_idx.reshape(b, n, block_q, j, i).swapaxes(0, 1)
@@ -80,24 +88,33 @@ def index_only(q_idx, k_idx, w, *, block_q: int = 32):
 def stage_functions(variant: str, k: int):
     """{stage: fn(inputs) -> output} for the cumulative stages of one variant."""
     options = VARIANTS[variant]
-    block = {"block_size": options["block_size"]} if "block_size" in options else {}
+    block_size = options.get("block_size")
 
     def select(x):
         return select_from_features(x["q_idx"], x["k_idx"], x["w"], k, mask=CAUSAL, **options)
 
+    def attend(q, k, v, indices, valid):
+        if block_size:
+            return block_sparse_attention(
+                q, k, v, indices, block_size=block_size, mask=CAUSAL, valid=valid
+            )
+        return sparse_attention(q, k, v, indices, mask=CAUSAL, valid=valid)
+
     def total(x):
-        indices, valid = select(x)
-        return sparse_attention(x["q"], x["k"], x["v"], indices, mask=CAUSAL, valid=valid, **block)
+        return attend(x["q"], x["k"], x["v"], *select(x))
 
     def total_bwd(x):
-        indices, valid = select(x)
-        attend = lambda q, k, v: sparse_attention(  # noqa: E731
-            q, k, v, indices, mask=CAUSAL, valid=valid, **block
-        )
-        _, pullback = jax.vjp(attend, x["q"], x["k"], x["v"])
+        selection = select(x)
+        _, pullback = jax.vjp(lambda q, k, v: attend(q, k, v, *selection), x["q"], x["k"], x["v"])
         return pullback(x["d_out"])
 
-    index = lambda x: index_only(x["q_idx"], x["k_idx"], x["w"])  # noqa: E731
+    def index(x):
+        if block_size:
+            return anchor_block_maxima(
+                x["q_idx"], x["k_idx"], x["w"], mask=CAUSAL, block_size=block_size
+            )
+        return index_only(x["q_idx"], x["k_idx"], x["w"])
+
     return {"index": index, "index+select": select, "fwd": total, "fwd+bwd": total_bwd}
 
 

@@ -6,6 +6,10 @@ the indexer loss never reaches the model:
   dense_warmup  dense attention; the indexer learns KL(head-summed dense attention || softmax(I)).
   sparse        each query attends to its top_k keys by index score (plus the always-kept local
                 window and first tokens); the indexer learns the same KL restricted to those keys.
+                granularity "block": each aligned block of block_size queries attends to the
+                top_k // block_size key blocks its first query (the anchor) ranks best, its own
+                key block included (select.py says why only the anchor chooses); the KL is
+                restricted per query to the keys of its block's selected blocks.
                 With `selector = "oracle"` the keys are ranked by `oracle_scores` instead.
 The indexer loss is sown into the "losses" collection (only when that collection is mutable, so
 evaluation pays nothing for it); the train step adds it to the objective. With "intermediates"
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 from longctx_jax.attention import AttentionMask, attention_weights
 from longctx_jax.attention.sparse import (
     LightningIndexer,
+    block_sparse_attention,
     block_tokens,
     index_scores,
     indexer_kl_loss,
@@ -70,14 +75,16 @@ def sparse_topk_attention(
 
     ranking = oracle_scores(q_fixed, k_fixed, mask) if sc.selector == "oracle" else scores_BTS
     indices, valid = select_keys(jax.lax.stop_gradient(ranking), mask, sc)
-    block = dict(block_size=sc.block_size) if sc.granularity == "block" else {}
-    out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid, **block)
-    if with_loss:
-        target = sparse_attention_weights(
-            q_fixed, k_fixed, indices, mask=mask, valid=valid, **block
+    if sc.granularity == "block":
+        out = block_sparse_attention(
+            q_BTNH, k_BTKH, v_BTKH, indices, block_size=sc.block_size, mask=mask, valid=valid
         )
-        if block:
-            indices, valid = block_tokens(indices, valid, kv_len=k_BTKH.shape[1], **block)
+        t, s = q_BTNH.shape[1], k_BTKH.shape[1]
+        indices, valid = block_tokens(indices, valid, block_size=sc.block_size, q_len=t, kv_len=s)
+    else:
+        out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid)
+    if with_loss:
+        target = sparse_attention_weights(q_fixed, k_fixed, indices, mask=mask, valid=valid)
         chosen = jnp.where(valid, jnp.take_along_axis(scores_BTS, indices, axis=-1), -jnp.inf)
         module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(chosen, target))
     return out
@@ -91,8 +98,9 @@ def oracle_scores(q_BTNH, k_BTKH, mask: AttentionMask) -> jax.Array:
 
 
 def select_keys(scores_BTS, mask: AttentionMask, sc):
-    """(indices, valid) [B, T, n] by the config's granularity (key or block indices), method and
-    always-kept keys."""
+    """(indices, valid) by the config's granularity, method and always-kept keys: key indices
+    [B, T, k], or for granularity "block" key-block indices [B, ceil(T / block_size), n] chosen
+    by each query block's anchor."""
     if sc.local_window or sc.first_tokens:
         scores_BTS = keep_always(
             scores_BTS, mask, local_window=sc.local_window, first_tokens=sc.first_tokens
@@ -100,7 +108,7 @@ def select_keys(scores_BTS, mask: AttentionMask, sc):
     s = scores_BTS.shape[-1]
     if sc.granularity == "block":
         num_blocks = min(sc.top_k // sc.block_size, -(-s // sc.block_size))
-        return select_blocks(scores_BTS, num_blocks, block_size=sc.block_size)
+        return select_blocks(scores_BTS, num_blocks, block_size=sc.block_size, mask=mask)
     return select_topk(scores_BTS, min(sc.top_k, s), method=sc.method)
 
 

@@ -7,15 +7,24 @@ Fields (defaults in brackets):
                                         "sparse": each query attends to its top_k keys; everything
                                         trains (the indexer's input is detached).
   attention.sparse.top_k [64]           keys per query (clamped to the sequence length).
-  attention.sparse.granularity ["token"]  "token" | "block" (whole blocks of block_size keys,
-                                        top_k // block_size of them, by their best score).
-  attention.sparse.block_size [16]      keys per block for granularity="block".
+  attention.sparse.granularity ["token"]  "token" | "block": queries in aligned blocks of
+                                        block_size share one selection of top_k // block_size
+                                        key blocks (block_size keys each), ranked by the best
+                                        score of the block's first query (its anchor) over the
+                                        keys it sees, the block's own key block always included.
+                                        Only the anchor chooses: later queries' index features
+                                        depend on later tokens, which would leak into earlier
+                                        queries' outputs. Each query then attends to the keys of
+                                        those blocks that its own mask shows it.
+  attention.sparse.block_size [16]      queries per query block and keys per key block
+                                        (granularity="block").
   attention.sparse.method ["exact"]     token selector: "exact" (lax.top_k) | "approx" |
                                         "threshold" (fast exact for long rows).
   attention.sparse.selector ["indexer"]  what ranks the keys in the sparse stage: "indexer" (DSA) |
                                         "oracle" (the head-summed dense attention probabilities:
                                         the most mass any top_k keys hold; an upper bound).
-  attention.sparse.local_window [0]     always keep keys within this distance (0 = off).
+  attention.sparse.local_window [0]     always keep keys within this distance (0 = off; for
+                                        "block", of the anchor).
   attention.sparse.first_tokens [0]     always keep the first positions (attention sinks).
   attention.sparse.index_heads [4], index_head_dim [32], index_rope_dim [16]  the indexer.
   attention.sparse.loss_weight [1.0]    weight of the indexer loss in the training objective.

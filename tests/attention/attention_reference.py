@@ -309,6 +309,43 @@ def reference_grads(q, k, v, w, mask=None, *, scale=None, soft_cap=None, slopes=
         return tuple(None if g is None else np.asarray(g) for g in grads)
 
 
+def reference_subset(q, k, v, w, vis_per_head, dist, probs=False):
+    """float64 dense attention where head n sees vis_per_head[n]; (out, grads) or (out, probs)."""
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    outs, all_probs = [], []
+    kh = k.shape[2]
+    group = q.shape[2] // kh
+    for n, vis in enumerate(vis_per_head):
+        head = slice(n, n + 1)
+        kv = slice(n // group, n // group + 1)
+        o, p = attend(
+            f64(q)[:, :, head], f64(k)[:, :, kv], f64(v)[:, :, kv], vis, dist, scale=scale
+        )
+        outs.append(o)
+        all_probs.append(p)
+    if probs:
+        return np.concatenate(outs, 2), np.concatenate(all_probs, 1)
+    dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    for n, vis in enumerate(vis_per_head):
+        kv = n // group
+        with jax.enable_x64(True):
+            g = _grads64(
+                *(jnp.asarray(f64(x)) for x in (q[:, :, n : n + 1], k[:, :, kv : kv + 1])),
+                jnp.asarray(f64(v[:, :, kv : kv + 1])),
+                None,
+                jnp.asarray(f64(w[:, :, n : n + 1])),
+                jnp.asarray(vis),
+                jnp.asarray(dist),
+                scale=float(scale),
+                soft_cap=None,
+            )
+        dq[:, :, n] += np.asarray(g[0])[:, :, 0]
+        dk[:, :, kv] += np.asarray(g[1])[:, :, 0]
+        dv[:, :, kv] += np.asarray(g[2])[:, :, 0]
+    return np.concatenate(outs, 2), (dq, dk, dv)
+
+
 # ----------------------------------------------------------------------------- jax.nn reference
 
 
@@ -425,3 +462,19 @@ def assert_close(actual, expected, rtol: float, what: str) -> None:
         f"{what}: max |error| {err.max():.3g} at index {worst} (got {actual[worst]:.6g}, expected "
         f"{expected[worst]:.6g}) > {rtol:g} * max |expected| = {bound:.3g}"
     )
+
+
+def assert_out_and_grads_close(got, want, rtol: float, what: str) -> None:
+    """got, want = (out, (dq, dk, dv)): each within `rtol` (see `assert_close`)."""
+    assert_close(got[0], want[0], rtol, f"{what} output")
+    for name, g, w in zip(("dq", "dk", "dv"), got[1], want[1], strict=True):
+        assert_close(g, w, rtol, f"{what} {name}")
+
+
+def assert_equals_dense(out, grads, q, k, v, w, mask, what: str) -> None:
+    """Output and gradients equal dense attention under `mask`: the float64 reference, and the
+    output also `attention(impl="reference")`."""
+    want = (reference_attention(q, k, v, mask)[0], reference_grads(q, k, v, w, mask)[:3])
+    assert_out_and_grads_close((out, grads), want, F32_RTOL, f"{what} vs float64")
+    dense = attention(q, k, v, mask=mask, impl="reference")
+    assert_close(out, dense, F32_RTOL, f"{what} output vs attention(impl='reference')")

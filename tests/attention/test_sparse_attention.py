@@ -8,18 +8,16 @@ import pytest
 from attention_reference import (
     F32_RTOL,
     SHAPES,
-    _grads64,
     assert_close,
-    attend,
+    assert_equals_dense,
+    assert_out_and_grads_close,
     distances,
     grid_case,
-    reference_attention,
-    reference_grads,
+    reference_subset,
     visibility,
 )
 
-from longctx_jax.attention import attention
-from longctx_jax.attention.sparse import block_tokens, sparse_attention, sparse_attention_weights
+from longctx_jax.attention.sparse import sparse_attention, sparse_attention_weights
 
 KINDS = ("causal", "combined", "permuted")
 
@@ -47,15 +45,7 @@ def test_all_keys_selected_equals_dense_attention(shape, kind, seed):
     what = f"[seed={seed} shape={shape} mask={kind}]"
 
     out, grads = out_and_grads(q, k, v, w, indices, mask)
-    want_out, _ = reference_attention(q, k, v, mask)
-    assert_close(out, want_out, F32_RTOL, f"{what} output vs float64 reference")
-    for name, got, want in zip(
-        ("dq", "dk", "dv"), grads, reference_grads(q, k, v, w, mask)[:3], strict=True
-    ):
-        assert_close(got, want, F32_RTOL, f"{what} {name} vs float64 reference")
-
-    dense = attention(q, k, v, mask=mask, impl="reference")
-    assert_close(out, dense, F32_RTOL, f"{what} output vs attention(impl='reference')")
+    assert_equals_dense(out, grads, q, k, v, w, mask, what)
 
 
 @pytest.mark.parametrize(
@@ -84,10 +74,8 @@ def test_subset_equals_dense_attention_under_the_subset_mask(per_kv_head, impl, 
     out, grads = out_and_grads(
         q, k, v, w, jnp.asarray(indices), mask, jnp.asarray(valid), impl=impl
     )
-    want_out, want_grads = reference_subset(q, k, v, w, per_head, distances(mask, b, t, s))
-    assert_close(out, want_out, F32_RTOL, f"{what} output")
-    for name, got, want in zip(("dq", "dk", "dv"), grads, want_grads, strict=True):
-        assert_close(got, want, F32_RTOL, f"{what} {name}")
+    want = reference_subset(q, k, v, w, per_head, distances(mask, b, t, s))
+    assert_out_and_grads_close((out, grads), want, F32_RTOL, what)
 
     probs = sparse_attention_weights(q, k, jnp.asarray(indices), mask=mask, valid=valid)
     _, want_probs = reference_subset(q, k, v, w, per_head, distances(mask, b, t, s), probs=True)
@@ -96,43 +84,6 @@ def test_subset_equals_dense_attention_under_the_subset_mask(per_kv_head, impl, 
         idx = indices[:, :, n // group] if per_kv_head else indices
         np.put_along_axis(got_dense[:, n], idx, np.asarray(probs[:, n]), axis=-1)
     assert_close(got_dense, want_probs, F32_RTOL, f"{what} sparse_attention_weights")
-
-
-def reference_subset(q, k, v, w, vis_per_head, dist, probs=False):
-    """float64 dense attention where head n sees vis_per_head[n]; (out, grads) or (out, probs)."""
-    scale = 1.0 / np.sqrt(q.shape[-1])
-    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
-    outs, all_probs = [], []
-    kh = k.shape[2]
-    group = q.shape[2] // kh
-    for n, vis in enumerate(vis_per_head):
-        head = slice(n, n + 1)
-        kv = slice(n // group, n // group + 1)
-        o, p = attend(
-            f64(q)[:, :, head], f64(k)[:, :, kv], f64(v)[:, :, kv], vis, dist, scale=scale
-        )
-        outs.append(o)
-        all_probs.append(p)
-    if probs:
-        return np.concatenate(outs, 2), np.concatenate(all_probs, 1)
-    dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
-    for n, vis in enumerate(vis_per_head):
-        kv = n // group
-        with jax.enable_x64(True):
-            g = _grads64(
-                *(jnp.asarray(f64(x)) for x in (q[:, :, n : n + 1], k[:, :, kv : kv + 1])),
-                jnp.asarray(f64(v[:, :, kv : kv + 1])),
-                None,
-                jnp.asarray(f64(w[:, :, n : n + 1])),
-                jnp.asarray(vis),
-                jnp.asarray(dist),
-                scale=float(scale),
-                soft_cap=None,
-            )
-        dq[:, :, n] += np.asarray(g[0])[:, :, 0]
-        dk[:, :, kv] += np.asarray(g[1])[:, :, 0]
-        dv[:, :, kv] += np.asarray(g[2])[:, :, 0]
-    return np.concatenate(outs, 2), (dq, dk, dv)
 
 
 def test_rows_with_nothing_selected_give_zero_output_and_gradients(seed):
@@ -162,34 +113,3 @@ def test_bad_indices_raise_value_error():
         sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), valid=jnp.ones((1, 4)))
     with pytest.raises(ValueError, match="impl='triton'"):
         sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), impl="triton")
-    with pytest.raises(ValueError, match="impl='pallas_tpu' takes token selections"):
-        sparse_attention(q, k, k, jnp.zeros((1, 4, 3), jnp.int32), impl="pallas_tpu", block_size=2)
-
-
-def test_block_selection_equals_its_keys_selected_one_by_one(seed):
-    rng = np.random.default_rng(seed)
-    shape = SHAPES[1]  # MQA, kv_len 67: the last block is partly past the end
-    q, k, v, w, mask = grid_case(rng, shape, "combined")
-    b, t, s = shape.batch, shape.q_len, shape.kv_len
-    block, n = 8, 3
-    blocks = jnp.asarray(
-        np.stack([[rng.choice(-(-s // block), n, replace=False) for _ in range(t)]])
-    )
-    valid = jnp.asarray(rng.random((b, t, n)) < 0.8)
-    tokens, token_valid = block_tokens(blocks, valid, block_size=block, kv_len=s)
-
-    def run(indices, ok, **kw):
-        def loss(q, k, v):
-            out = sparse_attention(q, k, v, indices, mask=mask, valid=ok, block_q=16, **kw)
-            return jnp.sum(w * out), out
-
-        return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-
-    (_, got), got_grads = run(blocks, valid, block_size=block)
-    (_, want), want_grads = run(tokens, token_valid)
-    assert_close(got, want, F32_RTOL, f"[seed={seed}] output")
-    for name, g, h in zip(("dq", "dk", "dv"), got_grads, want_grads, strict=True):
-        assert_close(g, h, F32_RTOL, f"[seed={seed}] {name}")
-    probs = sparse_attention_weights(q, k, blocks, mask=mask, valid=valid, block_size=block)
-    want_probs = sparse_attention_weights(q, k, tokens, mask=mask, valid=token_valid)
-    assert_close(probs, want_probs, F32_RTOL, f"[seed={seed}] weights")

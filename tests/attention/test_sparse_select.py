@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from attention_reference import SHAPES, grid_case, make_mask, visibility
 
+from longctx_jax.attention import AttentionMask
 from longctx_jax.attention.sparse import (
     block_tokens,
     index_scores,
@@ -115,26 +116,85 @@ def test_threshold_compares_subnormal_scores_as_zero():
     assert got[0, 0] == {0, 1, 5}
 
 
-def test_block_selection_takes_whole_blocks_with_the_best_max(seed):
+def numpy_anchored_blocks(scores, vis, num_blocks, block_size):
+    """Per query block, the set of key blocks its anchor (first query) selects: its own block
+    (holding key anchor + S - T, clamped) and the num_blocks - 1 other blocks with the best max
+    score over the anchor's visible keys (ties: lower block), among blocks it sees a key of."""
+    b, t, s = scores.shape
+    n_q, n_kv = -(-t // block_size), -(-s // block_size)
+    out = np.empty((b, n_q), object)
+    for i, a in np.ndindex(b, n_q):
+        anchor = a * block_size
+        own = min(max((anchor + s - t) // block_size, 0), n_kv - 1)
+        best = np.full(n_kv, -np.inf)
+        for key in np.flatnonzero(vis[i, anchor]):
+            best[key // block_size] = max(best[key // block_size], scores[i, anchor, key])
+        others = [j for j in range(n_kv) if j != own and best[j] > -np.inf]
+        others.sort(key=lambda j: (-best[j], j))
+        out[i, a] = frozenset([own, *others[: num_blocks - 1]])
+    return out
+
+
+@pytest.mark.parametrize("kind", ("causal", "sliding", "segments", "kv_cache", "combined"))
+def test_anchored_block_selection_equals_a_numpy_ranking(kind, seed):
     rng = np.random.default_rng(seed)
-    scores, mask, vis = oracle_case(rng, "combined")
-    block, num_blocks = 8, 3
-    blocks, ok = select_blocks(scores, num_blocks, block_size=block, mask=mask)
-    indices, valid = block_tokens(blocks, ok, block_size=block, kv_len=scores.shape[-1])
-    valid = np.asarray(valid) & np.take_along_axis(vis, np.asarray(indices), -1)
-    masked = np.where(vis, np.asarray(scores), -np.inf)
-    b, t, s = masked.shape
-    n = -(-s // block)
-    padded = np.full((b, t, n * block), -np.inf)
-    padded[:, :, :s] = masked
-    best = padded.reshape(b, t, n, block).max(-1)
-    got = chosen_sets(indices, valid)
-    for i in range(b):
-        for j in range(t):
-            order = np.lexsort((np.arange(n), -best[i, j]))[:num_blocks]
-            keys = {c * block + o for c in order for o in range(block)}
-            want = frozenset(x for x in keys if x < s and vis[i, j, x])
-            assert got[i, j] == want, f"[seed={seed}] query {(i, j)}"
+    scores, mask, vis = oracle_case(rng, kind)
+    b, t, s = scores.shape
+    block_size = int(rng.choice((4, 8, 16)))
+    n_kv = -(-s // block_size)
+    num_blocks = int(rng.integers(1, n_kv + 1))
+    blocks, valid = select_blocks(scores, num_blocks, block_size=block_size, mask=mask)
+    what = f"[seed={seed} mask={kind} bs={block_size} n={num_blocks}]"
+    assert blocks.shape == valid.shape == (b, -(-t // block_size), num_blocks), what
+    got = chosen_sets(blocks, valid)
+    want = numpy_anchored_blocks(np.asarray(scores, np.float64), vis, num_blocks, block_size)
+    assert (got == want).all(), f"{what} {np.argwhere(got != want)[:3]}"
+
+    # Every valid block but the own one holds a key its anchor sees.
+    blocks, valid = np.asarray(blocks), np.asarray(valid)
+    for i, a, slot in np.ndindex(*blocks.shape):
+        if valid[i, a, slot] and slot > 0:
+            keys = slice(blocks[i, a, slot] * block_size, (blocks[i, a, slot] + 1) * block_size)
+            assert vis[i, a * block_size, keys].any(), f"{what} block invisible to the anchor"
+
+
+def test_block_tokens_give_each_query_its_blocks_keys(seed):
+    rng = np.random.default_rng(seed)
+    b, t, s, block_size, n = 2, 29, 37, 4, 3
+    n_q, n_kv = -(-t // block_size), -(-s // block_size)
+    blocks = np.stack([rng.choice(n_kv, n, replace=False) for _ in range(b * n_q)])
+    blocks = blocks.reshape(b, n_q, n)
+    valid = rng.random((b, n_q, n)) < 0.7
+    tokens, ok = block_tokens(
+        jnp.asarray(blocks), jnp.asarray(valid), block_size=block_size, q_len=t, kv_len=s
+    )
+    assert tokens.shape == ok.shape == (b, t, n * block_size)
+    for i, query in np.ndindex(b, t):
+        row = (i, query // block_size)
+        want = {
+            int(j) * block_size + o
+            for j, v in zip(blocks[row], valid[row], strict=True)
+            if v
+            for o in range(block_size)
+            if int(j) * block_size + o < s
+        }
+        got = np.asarray(tokens[i, query])[np.asarray(ok[i, query])]
+        assert sorted(got) == sorted(want), f"[seed={seed}] query {(i, query)}"
+
+
+def test_keep_always_reaches_the_anchor_ranking(seed):
+    """local_window / first_tokens force the anchor's recent and first key blocks in."""
+    rng = np.random.default_rng(seed)
+    b, t = 2, 41
+    scores = jnp.asarray(rng.standard_normal((b, t, t)), jnp.float32)
+    mask = AttentionMask(causal=True)
+    forced = keep_always(scores, mask, local_window=5, first_tokens=1)
+    blocks, valid = select_blocks(forced, 4, block_size=4, mask=mask)
+    got = chosen_sets(blocks, valid)
+    for i, a in np.ndindex(b, -(-t // 4)):
+        anchor = 4 * a
+        must = {key // 4 for key in range(anchor + 1) if anchor - key < 5 or key < 1}
+        assert must <= got[i, a], f"[seed={seed}] block {(i, a)} misses {must - got[i, a]}"
 
 
 def test_keep_always_forces_the_local_window_and_first_tokens(seed):
@@ -187,9 +247,7 @@ def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
     )
     scores = index_scores(q_idx, k_idx, w, mask)
     if granularity == "block":
-        want = select_blocks(scores, k // 4, block_size=4)
-        got = block_tokens(*got, block_size=4, kv_len=t)
-        want = block_tokens(*want, block_size=4, kv_len=t)
+        want = select_blocks(scores, k // 4, block_size=4, mask=mask)
     else:
         want = select_topk(scores, k, method="exact")
     assert (chosen_sets(*got) == chosen_sets(*want)).all(), f"[seed={seed}]"

@@ -1,11 +1,19 @@
-"""`attention.kind = "sparse_topk"`: gradient isolation between the LM and the indexer, frozen
-parameters in the dense warm-up, and sparse attention over every key equal to the dense model."""
+"""`attention.kind = "sparse_topk"`: gradient isolation between the LM and the indexer, causality
+of the sparse stage (token and block selections), sparse attention over every key equal to the
+dense model, and the oracle selector."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_testlib import assert_close, packed_segments, random_params, random_tokens, tiny_config
+from model_testlib import (
+    apply,
+    assert_close,
+    packed_segments,
+    random_params,
+    random_tokens,
+    tiny_config,
+)
 
 from longctx_jax.attention import AttentionMask, attention_weights
 from longctx_jax.model import DecoderLM
@@ -64,6 +72,36 @@ def test_gradients_are_isolated_both_ways(stage, granularity, seed):
         assert not np.asarray(g).any(), f"[seed={seed}] indexer loss reaches {name}"
     assert all(np.asarray(g).any() for g in index_on_indexer.values()), f"[seed={seed}]"
     assert sum(np.abs(np.asarray(g)).sum() for g in lm_on_model.values()) > 0, f"[seed={seed}]"
+
+
+@pytest.mark.parametrize("selector", ("indexer", "oracle"))
+@pytest.mark.parametrize("granularity", ("token", "block"))
+def test_future_tokens_leave_past_logits_bit_identical(granularity, selector, seed):
+    """Selections only read what a query may see: for blocks, the anchor (the block's first
+    query) chooses, so later tokens of the block cannot move earlier queries' keys. Every cut
+    point is tried (most of them inside a query block)."""
+    # 4 of 12 key blocks (or 16 keys): for blocks, own, first (first_tokens) and previous
+    # (local_window) block forced, one chosen by score.
+    cfg = sparse_config(
+        "sparse",
+        top_k=16,
+        granularity=granularity,
+        block_size=4,
+        local_window=3,
+        first_tokens=1,
+        selector=selector,
+    )
+    params = random_params(cfg, seed)
+    rng = np.random.default_rng(seed)
+    tokens = random_tokens(rng, B, 2 * T)
+    before = np.asarray(apply(cfg, params, tokens))
+    for cut in range(1, 2 * T):
+        changed = tokens.at[:, cut:].set((tokens[:, cut:] + 1 + rng.integers(0, 254)) % 256)
+        after = np.asarray(apply(cfg, params, changed))
+        np.testing.assert_array_equal(
+            before[:, :cut], after[:, :cut], err_msg=f"[seed={seed}] {cut=}"
+        )
+        assert not np.allclose(before[:, cut:], after[:, cut:]), f"{cut=}: nothing changed"
 
 
 @pytest.mark.parametrize("granularity", ("token", "block"))
@@ -125,3 +163,23 @@ def test_bad_sparse_config_raises_value_error(overrides, message):
     cfg.update_from_flattened_dict(overrides)
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         DecoderLM(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_oracle_block_selection_takes_the_anchors_heaviest_blocks(seed):
+    """granularity "block" with the oracle: each query block's anchor keeps its own block and
+    the blocks where its head-summed dense attention peaks."""
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((B, T, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((B, T, 2, 8)), jnp.float32)
+    mask = AttentionMask(causal=True)
+    sc = sparse_config("sparse", top_k=12, granularity="block", block_size=4).attention.sparse
+    blocks, valid = select_keys(oracle_scores(q, k, mask), mask, sc)
+    assert blocks.shape == (B, T // 4, 3)
+    mass = np.asarray(attention_weights(q, k, mask=mask)).sum(1)  # [B, T, S]
+    for b in range(B):
+        for a in range(T // 4):
+            peak = mass[b, 4 * a].reshape(-1, 4).max(-1)  # the anchor's best key per block
+            peak[a] = -1.0  # its own block is always kept
+            want = {a, *np.argsort(-peak, kind="stable")[: min(2, a)].tolist()}
+            got = set(np.asarray(blocks[b, a])[np.asarray(valid[b, a])].tolist())
+            assert got == want, f"[seed={seed}] query block ({b}, {a})"

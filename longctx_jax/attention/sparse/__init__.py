@@ -6,11 +6,18 @@
     out = sparse_attention(q, k, v, indices, mask=mask, valid=valid)
     loss = indexer_kl_loss(scores, attention_weights(...))       # dense warm-up
 
+Block granularity: each aligned block of block_size queries shares the n key blocks its first
+query (the anchor) ranks best, plus its own key block (select.py says why only the anchor):
+
+    blocks, valid = select_blocks(scores, n, block_size=64, mask=mask)  # [B, T / 64, n]
+    out = block_sparse_attention(q, k, v, blocks, block_size=64, mask=mask, valid=valid)
+
 `select_from_features` fuses scoring and selection query block by query block, so the [T, S]
-score matrix is never held whole at long lengths.
+score matrix is never held whole at long lengths (block granularity scores the anchors only).
 """
 
 from longctx_jax.attention.sparse.attend import sparse_attention, sparse_attention_weights
+from longctx_jax.attention.sparse.blocks import block_sparse_attention
 from longctx_jax.attention.sparse.indexer import LightningIndexer, index_scores
 from longctx_jax.attention.sparse.loss import indexer_kl_loss
 from longctx_jax.attention.sparse.recall import attention_mass_recall
@@ -28,6 +35,7 @@ __all__ = [
     "METHODS",
     "LightningIndexer",
     "attention_mass_recall",
+    "block_sparse_attention",
     "block_tokens",
     "index_scores",
     "indexer_kl_loss",

@@ -1,8 +1,8 @@
 """Top-k key selection from scores [B, T, S]: per token (exact, approx, threshold) or per block.
 
-Every selector returns (indices int32 [B, T, k], valid bool [B, T, k]): `valid` is False in the
-slots a row could not fill (fewer than k visible keys). A hidden key is never valid: scores are
--inf where the `AttentionMask` hides the key, and -inf scores are never selected as valid.
+Every token selector returns (indices int32 [B, T, k], valid bool [B, T, k]): `valid` is False in
+the slots a row could not fill (fewer than k visible keys). A hidden key is never valid: scores
+are -inf where the `AttentionMask` hides the key, and -inf scores are never selected as valid.
 Ties are broken deterministically: the lower key index wins.
 
   exact      `lax.top_k` (indices by descending score).
@@ -11,9 +11,23 @@ Ties are broken deterministically: the lower key index wins.
              processed `block_rows` at a time, so its temporaries are O(block_rows * S);
              the mask is applied per block, and under a causal mask on default positions a
              block reads only the key prefix it can see.
-`select_blocks` selects whole key blocks by their best score (block granularity); `block_tokens`
-lists the keys of selected blocks.
-`keep_always` forces a local window and the first tokens into any selection.
+
+Block granularity (`select_blocks`, for `block_sparse_attention`): queries are grouped in
+aligned blocks of block_size (query block a = queries [a * bs, (a + 1) * bs), the last padded),
+and all queries of a block share one selection of n key blocks (key block j = keys
+[j * bs, (j + 1) * bs)), made by the block's anchor, its first query a * bs: key blocks are
+ranked by the max of the anchor's scores over the keys of the block the mask shows it. Only the
+anchor may choose: a later query's index features depend on tokens after the anchor, so
+ranking by them (or by a max over the block's queries) would let those later tokens change the
+keys, hence the outputs, of the block's earlier queries. The block's own key block (the one
+holding key anchor + S - T, the anchor's own index under the KV-cache alignment, clamped into
+range) is always selected, so every query of the block sees its recent keys (all of them when
+S - T is a multiple of block_size; otherwise a later query's newest keys can lie in the next
+key block, which its anchor cannot see); it takes one of the n slots (slot 0). Ties: the lower
+block index wins. `valid` is False for slots that cannot be filled (no other block holds a key
+visible to the anchor). `block_tokens` lists each query's keys of a block selection.
+`keep_always` forces a local window and the first tokens into any selection (for block
+granularity, into the anchor's ranking).
 """
 
 from __future__ import annotations
@@ -23,8 +37,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from longctx_jax.attention.logits import tile_visible
-from longctx_jax.attention.mask import AttentionMask, visible
+from longctx_jax.attention.mask import AttentionMask, ResolvedMask, visible
+from longctx_jax.attention.sparse.prepare import check_block_size
 from longctx_jax.attention.sparse.threshold import compact_words, topk_words
+from longctx_jax.attention.sparse.tiles import merge_rows, split_rows
 
 METHODS = ("exact", "approx", "threshold")
 DEFAULT_BLOCK_ROWS = 32
@@ -55,42 +71,49 @@ def threshold_topk(scores_BTS, k: int, *, mask=None, block_rows: int = DEFAULT_B
     b, t, s = scores_BTS.shape
     m = (AttentionMask() if mask is None else mask).resolved(b, t, s)
     bq = min(block_rows, t)
-    n = -(-t // bq)
-    pad = n * bq - t
-
-    def to_blocks(x):
-        """[B, T, ...] -> [n, B, bq, ...] (T padded to n * bq)."""
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return jnp.moveaxis(x.reshape((b, n, bq) + x.shape[2:]), 1, 0)
 
     def one_block(args, width):
         scores, q_pos, q_seg = args
         scores = scores[:, :, :width].astype(jnp.float32)
         if mask is not None:
-            ok = visible(
-                m.causal,
-                m.window,
-                q_pos[:, :, None],
-                m.kv_positions[:, None, :width],
-                q_seg[:, :, None],
-                m.kv_segment_ids[:, None, :width],
-            )
-            scores = jnp.where(ok, scores, -jnp.inf)
-        width_k = min(k, width)
-        words = topk_words(scores.reshape(b * bq, width), width_k)
-        indices, valid = compact_words(words, width_k)
-        extra = ((0, 0), (0, k - width_k))
-        return jnp.pad(indices, extra).reshape(b, bq, k), jnp.pad(valid, extra).reshape(b, bq, k)
+            scores = jnp.where(prefix_visible(m, q_pos, q_seg, width), scores, -jnp.inf)
+        return select_rows(scores, k, "threshold")
 
-    args = tuple(to_blocks(x) for x in (scores_BTS, m.q_positions, m.q_segment_ids))
-    widths = key_widths(mask, t, s, bq) if mask is not None else [(0, n, s)]
+    args = tuple(split_rows(x, bq) for x in (scores_BTS, m.q_positions, m.q_segment_ids))
+    widths = key_widths(mask, t, s, bq) if mask is not None else [(0, -(-t // bq), s)]
     results = [
         lax.map(lambda a, w=width: one_block(a, w), tuple(x[lo:hi] for x in args))
         for lo, hi, width in widths
     ]
     indices, valid = (jnp.concatenate(parts) for parts in zip(*results, strict=True))
-    unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * bq, k)[:, :t]  # noqa: E731
-    return unblock(indices), unblock(valid)
+    return merge_rows(indices, t), merge_rows(valid, t)
+
+
+def select_rows(scores_BQW, k: int, method: str):
+    """(indices, valid) [B, Q, k] of one block of masked scores by "exact" (`lax.top_k`) or
+    "threshold"; when the block has fewer than k keys the extra slots are invalid."""
+    b, q, width = scores_BQW.shape
+    n = min(k, width)
+    if method == "exact":
+        values, indices = lax.top_k(scores_BQW, n)
+        indices, valid = indices.astype(jnp.int32), values > -jnp.inf
+    else:
+        indices, valid = compact_words(topk_words(scores_BQW.reshape(b * q, width), n), n)
+        indices, valid = indices.reshape(b, q, n), valid.reshape(b, q, n)
+    extra = ((0, 0), (0, 0), (0, k - n))
+    return jnp.pad(indices, extra), jnp.pad(valid, extra)
+
+
+def prefix_visible(m: ResolvedMask, q_pos_BQ, q_seg_BQ, width: int) -> jax.Array:
+    """Bool [B, Q, width]: which of the first `width` keys each query of a block sees."""
+    return visible(
+        m.causal,
+        m.window,
+        q_pos_BQ[:, :, None],
+        m.kv_positions[:, None, :width],
+        q_seg_BQ[:, :, None],
+        m.kv_segment_ids[:, None, :width],
+    )
 
 
 def key_widths(mask: AttentionMask, t: int, s: int, bq: int):
@@ -110,32 +133,75 @@ def key_widths(mask: AttentionMask, t: int, s: int, bq: int):
 
 
 def select_blocks(scores_BTS, num_blocks: int, *, block_size: int = 64, mask=None):
-    """Block granularity: the `num_blocks` key blocks with the best max score.
-
-    Returns (block indices [B, T, num_blocks], valid: the block holds a visible key), for
-    `sparse_attention(..., block_size=block_size)`; `block_tokens` lists their keys.
-    """
-    scores_BTS = masked_scores(scores_BTS, mask)
-    b, t, s = scores_BTS.shape
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size={block_size!r}: expected a positive int")
-    n = -(-s // block_size)
-    _check_k(num_blocks, n, what="num_blocks", against="key blocks")
-    padded = jnp.pad(
-        scores_BTS, ((0, 0), (0, 0), (0, n * block_size - s)), constant_values=-jnp.inf
+    """Block granularity (see the module docstring): each query block's anchor ranks the key
+    blocks by its best visible score; returns (block indices int32 [B, nQ, num_blocks], valid),
+    nQ = ceil(T / block_size), for `block_sparse_attention`."""
+    b, t, s = _scores_shape(scores_BTS)
+    check_block_size(block_size)
+    _check_k(num_blocks, -(-s // block_size), what="num_blocks", against="key blocks")
+    anchors = masked_scores(
+        jnp.asarray(scores_BTS)[:, ::block_size], anchor_mask(mask, b, t, s, block_size)
     )
-    values, blocks = lax.top_k(padded.reshape(b, t, n, block_size).max(-1), num_blocks)
-    return blocks.astype(jnp.int32), values > -jnp.inf
+    return top_blocks(block_maxima(anchors, block_size), num_blocks, own_blocks(t, s, block_size))
 
 
-def block_tokens(blocks, valid, *, block_size: int, kv_len: int):
-    """(token indices [..., n * block_size], valid) of selected blocks; keys past kv_len are
-    invalid (index 0). Visibility within a block is left to the mask."""
+def anchor_mask(mask: AttentionMask | None, b: int, t: int, s: int, block_size: int):
+    """The `AttentionMask` of the query blocks' anchors (queries 0, bs, 2 bs, ...) over the keys."""
+    mask = AttentionMask() if mask is None else mask
+    if not isinstance(mask, AttentionMask):
+        raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
+    mask.validate(b, t, s)
+    m = mask.resolved(b, t, s)
+    return AttentionMask(
+        causal=m.causal,
+        window=m.window,
+        q_segment_ids=m.q_segment_ids[:, ::block_size],
+        kv_segment_ids=m.kv_segment_ids,
+        q_positions=m.q_positions[:, ::block_size],
+        kv_positions=m.kv_positions,
+    )
+
+
+def own_blocks(q_len: int, kv_len: int, block_size: int) -> jax.Array:
+    """int32 [nQ]: the key block holding each query block's anchor index + (S - T), clamped."""
+    anchors = jnp.arange(-(-q_len // block_size), dtype=jnp.int32) * block_size
+    own = (anchors + (kv_len - q_len)) // block_size
+    return jnp.clip(own, 0, -(-kv_len // block_size) - 1)
+
+
+def block_maxima(scores_BQS, block_size: int) -> jax.Array:
+    """[B, Q, ceil(S / block_size)]: each key block's max score (-inf past the last key)."""
+    b, q, s = scores_BQS.shape
+    n = -(-s // block_size)
+    padded = jnp.pad(
+        scores_BQS, ((0, 0), (0, 0), (0, n * block_size - s)), constant_values=-jnp.inf
+    )
+    return padded.reshape(b, q, n, block_size).max(-1)
+
+
+def top_blocks(maxima_BQn, num_blocks: int, own_Q):
+    """(blocks int32 [B, Q, num_blocks], valid): each row's own block in slot 0, then the other
+    num_blocks - 1 blocks by descending max (ties: lower index); valid iff the max is > -inf."""
+    b, q, n = maxima_BQn.shape
+    own = jnp.broadcast_to(own_Q[None, :, None], (b, q, 1)).astype(jnp.int32)
+    others = jnp.where(jnp.arange(n) == own, -jnp.inf, maxima_BQn)
+    values, blocks = lax.top_k(others, num_blocks - 1)
+    return (
+        jnp.concatenate([own, blocks.astype(jnp.int32)], -1),
+        jnp.concatenate([jnp.ones((b, q, 1), bool), values > -jnp.inf], -1),
+    )
+
+
+def block_tokens(blocks, valid, *, block_size: int, q_len: int, kv_len: int):
+    """Per-query keys of a block selection: blocks, valid [B, nQ, ..., n] -> (token indices
+    [B, q_len, ..., n * block_size], valid), each query taking its query block's row. Keys past
+    kv_len are invalid (index 0); visibility within a block is left to the mask."""
     tokens = (blocks[..., None] * block_size + jnp.arange(block_size)).reshape(
         blocks.shape[:-1] + (-1,)
     )
     ok = jnp.repeat(valid, block_size, axis=-1) & (tokens < kv_len)
-    return jnp.where(ok, tokens, 0).astype(jnp.int32), ok
+    per_query = lambda x: jnp.repeat(x, block_size, axis=1)[:, :q_len]  # noqa: E731
+    return per_query(jnp.where(ok, tokens, 0).astype(jnp.int32)), per_query(ok)
 
 
 def keep_always(scores_BTS, mask: AttentionMask | None, *, local_window: int, first_tokens: int):
@@ -162,13 +228,18 @@ def masked_scores(scores_BTS, mask: AttentionMask | None) -> jax.Array:
 
 
 def _check_scores(scores_BTS, mask) -> None:
-    shape = tuple(getattr(scores_BTS, "shape", ()))
-    if len(shape) != 3:
-        raise ValueError(f"scores has shape {shape}: expected [batch, q_len, kv_len]")
+    shape = _scores_shape(scores_BTS)
     if mask is not None:
         if not isinstance(mask, AttentionMask):
             raise ValueError(f"mask={type(mask).__name__}: expected an AttentionMask or None")
         mask.validate(*shape)
+
+
+def _scores_shape(scores_BTS) -> tuple:
+    shape = tuple(getattr(scores_BTS, "shape", ()))
+    if len(shape) != 3:
+        raise ValueError(f"scores has shape {shape}: expected [batch, q_len, kv_len]")
+    return shape
 
 
 def _check_k(k, limit: int, *, what: str = "k", against: str = "keys") -> None:
