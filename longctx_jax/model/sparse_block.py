@@ -11,6 +11,9 @@ the indexer loss never reaches the model:
                 key block included (select.py says why only the anchor chooses); the KL is
                 restricted per query to the keys of its block's selected blocks.
                 With `selector = "oracle"` the keys are ranked by `oracle_scores` instead.
+                The indexer's selection is scored a block of queries at a time and its loss
+                uses the scores of the selected keys only, so the sparse stage holds O(T * k),
+                never the [T, S] index scores (only the warm-up and the oracle are dense).
 The indexer loss is sown into the "losses" collection (only when that collection is mutable, so
 evaluation pays nothing for it); the train step adds it to the objective. With "intermediates"
 mutable, the index scores [B, T, S] are sown there too (`index_score_maps` stacks them).
@@ -31,10 +34,12 @@ from longctx_jax.attention.sparse import (
     keep_always,
     masked_scores,
     select_blocks,
+    select_from_features,
     select_topk,
     sparse_attention,
     sparse_attention_weights,
 )
+from longctx_jax.attention.sparse.indexer import scores_at
 
 LOSS_COLLECTION = "losses"
 LOSS_NAME = "indexer_kl"
@@ -60,21 +65,34 @@ def sparse_topk_attention(
         param_dtype=jnp.dtype(cfg.param_dtype),
         name="indexer",
     )
-    scores_BTS = index_scores(*indexer(jax.lax.stop_gradient(x_BTD), positions_BT), mask)
+    features = indexer(jax.lax.stop_gradient(x_BTD), positions_BT)  # (q_idx, k_idx, w)
     with_loss = module.is_mutable_collection(LOSS_COLLECTION)
     if module.is_mutable_collection("intermediates"):
-        module.sow("intermediates", "index_scores", scores_BTS)
+        module.sow("intermediates", "index_scores", index_scores(*features, mask))
     q_fixed, k_fixed = jax.lax.stop_gradient(q_BTNH), jax.lax.stop_gradient(k_BTKH)
 
     if sc.stage == "dense_warmup":
         out = dense(q_BTNH, k_BTKH, v_BTKH, mask=mask)
         if with_loss:
             target = attention_weights(q_fixed, k_fixed, mask=mask)
-            module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(scores_BTS, target))
+            module.sow(
+                LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(index_scores(*features, mask), target)
+            )
         return out
 
-    ranking = oracle_scores(q_fixed, k_fixed, mask) if sc.selector == "oracle" else scores_BTS
-    indices, valid = select_keys(jax.lax.stop_gradient(ranking), mask, sc)
+    if sc.selector == "oracle":
+        indices, valid = select_keys(oracle_scores(q_fixed, k_fixed, mask), mask, sc)
+    else:  # scored and selected a block of queries at a time: never the [T, S] scores
+        indices, valid = select_from_features(
+            *jax.lax.stop_gradient(features),
+            min(sc.top_k, k_BTKH.shape[1]),
+            mask=mask,
+            method=sc.method,
+            granularity=sc.granularity,
+            block_size=sc.block_size,
+            local_window=sc.local_window,
+            first_tokens=sc.first_tokens,
+        )
     if sc.granularity == "block":
         out = block_sparse_attention(
             q_BTNH, k_BTKH, v_BTKH, indices, block_size=sc.block_size, mask=mask, valid=valid
@@ -85,7 +103,7 @@ def sparse_topk_attention(
         out = sparse_attention(q_BTNH, k_BTKH, v_BTKH, indices, mask=mask, valid=valid)
     if with_loss:
         target = sparse_attention_weights(q_fixed, k_fixed, indices, mask=mask, valid=valid)
-        chosen = jnp.where(valid, jnp.take_along_axis(scores_BTS, indices, axis=-1), -jnp.inf)
+        chosen = scores_at(*features, indices, valid)
         module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(chosen, target))
     return out
 
@@ -98,9 +116,10 @@ def oracle_scores(q_BTNH, k_BTKH, mask: AttentionMask) -> jax.Array:
 
 
 def select_keys(scores_BTS, mask: AttentionMask, sc):
-    """(indices, valid) by the config's granularity, method and always-kept keys: key indices
-    [B, T, k], or for granularity "block" key-block indices [B, ceil(T / block_size), n] chosen
-    by each query block's anchor."""
+    """(indices, valid) from a whole score matrix by the config's granularity, method and
+    always-kept keys: key indices [B, T, k], or for granularity "block" key-block indices
+    [B, ceil(T / block_size), n] chosen by each query block's anchor (the oracle's path; the
+    indexer's goes through `select_from_features`, which must agree with it)."""
     if sc.local_window or sc.first_tokens:
         scores_BTS = keep_always(
             scores_BTS, mask, local_window=sc.local_window, first_tokens=sc.first_tokens

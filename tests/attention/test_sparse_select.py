@@ -234,6 +234,7 @@ def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
     k_idx = jnp.asarray(rng.standard_normal((b, t, 8)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((b, t, 3)), jnp.float32)
     k = 16
+    keep = dict(local_window=int(rng.integers(0, 6)), first_tokens=int(rng.integers(0, 3)))
     got = select_from_features(
         q_idx,
         k_idx,
@@ -244,10 +245,11 @@ def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
         granularity=granularity,
         block_size=4,
         block_q=8,
+        **keep,
     )
-    scores = index_scores(q_idx, k_idx, w, mask)
+    scores = keep_always(index_scores(q_idx, k_idx, w, mask), mask, **keep)
     if granularity == "block":
         want = select_blocks(scores, k // 4, block_size=4, mask=mask)
     else:
         want = select_topk(scores, k, method="exact")
-    assert (chosen_sets(*got) == chosen_sets(*want)).all(), f"[seed={seed}]"
+    assert (chosen_sets(*got) == chosen_sets(*want)).all(), f"[seed={seed} {keep}]"

@@ -183,3 +183,21 @@ def test_oracle_block_selection_takes_the_anchors_heaviest_blocks(seed):
             want = {a, *np.argsort(-peak, kind="stable")[: min(2, a)].tolist()}
             got = set(np.asarray(blocks[b, a])[np.asarray(valid[b, a])].tolist())
             assert got == want, f"[seed={seed}] query block ({b}, {a})"
+
+
+def test_sparse_stage_memory_grows_linearly_with_length():
+    """The sparse stage never holds [T, S] (streamed selection, scores of selected keys only):
+    doubling T about doubles its compiled temporaries, where the dense warm-up's quadruple."""
+    from longctx_jax.eval.cost import temp_bytes
+
+    def temps(stage, t):
+        cfg = sparse_config(stage, top_k=32, method="threshold")
+        params = random_params(cfg, 0)["params"]
+        tokens = jnp.zeros((1, t), jnp.int32)
+        w = jnp.zeros((1, t, cfg.vocab_size), jnp.float32)
+        grad = jax.grad(lambda p: sum(losses(cfg, p, tokens, {}, w)))
+        return temp_bytes(jax.jit(grad).lower(params).compile())
+
+    sparse = temps("sparse", 4096) / temps("sparse", 2048)
+    warmup = temps("dense_warmup", 4096) / temps("dense_warmup", 2048)
+    assert sparse < 2.6 < 3.4 < warmup, f"temporaries x{sparse:.2f} sparse, x{warmup:.2f} warm-up"

@@ -90,12 +90,13 @@ def threshold_topk(scores_BTS, k: int, *, mask=None, block_rows: int = DEFAULT_B
 
 
 def select_rows(scores_BQW, k: int, method: str):
-    """(indices, valid) [B, Q, k] of one block of masked scores by "exact" (`lax.top_k`) or
-    "threshold"; when the block has fewer than k keys the extra slots are invalid."""
+    """(indices, valid) [B, Q, k] of one block of masked scores by `METHODS`; when the block has
+    fewer than k keys the extra slots are invalid."""
     b, q, width = scores_BQW.shape
     n = min(k, width)
-    if method == "exact":
-        values, indices = lax.top_k(scores_BQW, n)
+    if method in ("exact", "approx"):
+        top = lax.top_k if method == "exact" else lax.approx_max_k
+        values, indices = top(scores_BQW, n)
         indices, valid = indices.astype(jnp.int32), values > -jnp.inf
     else:
         indices, valid = compact_words(topk_words(scores_BQW.reshape(b * q, width), n), n)
@@ -209,9 +210,16 @@ def keep_always(scores_BTS, mask: AttentionMask | None, *, local_window: int, fi
     `first_tokens` positions, so every selector picks them first (0 turns a rule off)."""
     b, t, s = scores_BTS.shape
     m = (AttentionMask() if mask is None else mask).resolved(b, t, s)
-    distance = m.q_positions[:, :, None] - m.kv_positions[:, None, :]
-    keep = (distance < local_window) | (m.kv_positions[:, None, :] < first_tokens)
-    return jnp.where(keep & (scores_BTS > -jnp.inf), jnp.inf, scores_BTS)
+    return kept(scores_BTS, m.q_positions, m.kv_positions, local_window, first_tokens)
+
+
+def kept(scores_BQW, q_pos_BQ, kv_pos_BW, local_window: int, first_tokens: int):
+    """`keep_always` on a tile: scores [B, Q, W] of queries at q_pos over keys at kv_pos."""
+    if not (local_window or first_tokens):
+        return scores_BQW
+    distance = q_pos_BQ[:, :, None] - kv_pos_BW[:, None, :]
+    keep = (distance < local_window) | (kv_pos_BW[:, None, :] < first_tokens)
+    return jnp.where(keep & (scores_BQW > -jnp.inf), jnp.inf, scores_BQW)
 
 
 def masked_scores(scores_BTS, mask: AttentionMask | None) -> jax.Array:
