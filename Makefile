@@ -15,7 +15,7 @@ PYTHON312 ?= $(shell for p in python3.12; do \
 		$$p/bin/python3 -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1 && { echo $$p/bin/python3; exit 0; }; \
 	done)
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv native clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@if [ -z "$(PYTHON312)" ]; then \
@@ -28,7 +28,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The native CPU top-k (`method="native"` of the sparse selection), a jax.ffi custom call.
+NATIVE_TOPK := longctx_jax/attention/sparse/libtopk_cpu.so
+$(NATIVE_TOPK): native/topk_cpu.cc $(VENV)/.installed
+	$(CXX) -O3 -std=c++17 -shared -fPIC \
+		-isystem "$$($(PY) -c 'import jax; print(jax.ffi.include_dir())' 2>/dev/null)" \
+		$< -o $@ -lpthread
+
+native: $(NATIVE_TOPK)
+
+venv: $(VENV)/.installed $(NATIVE_TOPK)
 
 demo: venv
 	$(VENV)/bin/longctx ablate --config configs/ablations/position_extrapolation.py:demo
@@ -44,4 +53,4 @@ bench: venv
 	$(VENV)/bin/longctx bench attention --workdir=runs/bench_attention
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache $(NATIVE_TOPK)

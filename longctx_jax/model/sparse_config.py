@@ -19,7 +19,8 @@ Fields (defaults in brackets):
   attention.sparse.block_size [16]      queries per query block and keys per key block
                                         (granularity="block").
   attention.sparse.method ["exact"]     token selector: "exact" (lax.top_k) | "approx" |
-                                        "threshold" (fast exact for long rows).
+                                        "threshold" (fast exact, pure JAX) | "native" (fastest
+                                        exact on CPU: a compiled custom call).
   attention.sparse.selector ["indexer"]  what ranks the keys in the sparse stage: "indexer" (DSA) |
                                         "oracle" (the head-summed dense attention probabilities:
                                         the most mass any top_k keys hold; an upper bound).

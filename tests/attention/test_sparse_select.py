@@ -15,7 +15,7 @@ from longctx_jax.attention.sparse import (
     select_topk,
 )
 
-TOKEN_METHODS = ("exact", "approx", "threshold")
+TOKEN_METHODS = ("exact", "approx", "threshold", "native")
 
 
 def numpy_topk_sets(scores, vis, k):
@@ -69,7 +69,7 @@ def test_oracle_scores_give_the_exact_top_k_and_never_a_hidden_key(method, kind,
             assert len(got[i, j]) == min(k, vis[i, j].sum()), f"{what} valid count"
 
 
-@pytest.mark.parametrize("method", ("exact", "threshold"))
+@pytest.mark.parametrize("method", ("exact", "threshold", "native"))
 def test_ties_keep_the_lowest_indices(method, seed):
     rng = np.random.default_rng(seed)
     scores = rng.integers(-3, 4, (2, 40, 300)).astype(np.float32)  # few values: many ties
@@ -93,7 +93,7 @@ def test_threshold_covers_the_whole_float_range(seed):
     assert (got == want).all(), f"[seed={seed} k={k}]"
 
 
-@pytest.mark.parametrize("method", ("exact", "threshold"))
+@pytest.mark.parametrize("method", ("exact", "threshold", "native"))
 def test_a_point_mass_at_the_k_th_value_is_cut_at_the_lowest_indices(method, seed):
     """Index scores are sums of ReLUs: many exact zeros, often where the k-th value falls."""
     rng = np.random.default_rng(seed)
@@ -108,12 +108,30 @@ def test_a_point_mass_at_the_k_th_value_is_cut_at_the_lowest_indices(method, see
     assert (got == want).all(), f"[seed={seed} k={k}] {np.argwhere(got != want)[:3]}"
 
 
-def test_threshold_compares_subnormal_scores_as_zero():
-    """The CPU flushes subnormal floats to zero in comparisons; the threshold search follows it,
-    so a subnormal score ties with 0 (lowest index first) instead of ranking above it."""
+@pytest.mark.parametrize("method", ("threshold", "native"))
+def test_subnormal_scores_compare_as_zero(method):
+    """The CPU flushes subnormal floats to zero in comparisons; the threshold search and the
+    native selection follow it, so a subnormal score ties with 0 (lowest index first) instead
+    of ranking above it."""
     scores = np.array([[[0.0, 1e-40, 0.0, 3e-39, -1e-40, 1.0, 0.0]]], np.float32)
-    got = chosen_sets(*select_topk(jnp.asarray(scores), 3, method="threshold"))
+    got = chosen_sets(*select_topk(jnp.asarray(scores), 3, method=method))
     assert got[0, 0] == {0, 1, 5}
+
+
+def test_native_selection_of_long_rows_equals_numpy(seed):
+    """Wide rows (a histogram bin then holds many keys), NaN and +-inf scores, random k."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_normal((1, 9, 5000)) * rng.choice((1e-3, 1.0, 1e3), (1, 9, 1))).astype(
+        np.float32
+    )
+    scores[0, 0, rng.random(5000) < 0.5] = -np.inf
+    scores[0, 1, :7] = np.nan
+    scores[0, 2, ::3] = np.inf
+    k = int(rng.integers(1, 3000))
+    got = chosen_sets(*select_topk(jnp.asarray(scores), k, method="native"))
+    visible = scores > -np.inf  # NaN is never selected: NaN > -inf is False
+    want = numpy_topk_sets(np.where(visible, scores, -np.inf), visible, k)
+    assert (got == want).all(), f"[seed={seed} k={k}] {np.argwhere(got != want)[:3]}"
 
 
 def numpy_anchored_blocks(scores, vis, num_blocks, block_size):
@@ -221,7 +239,8 @@ def test_bad_k_raises_value_error():
 
 @pytest.mark.parametrize("kind", ("combined", "causal"))  # causal: scores key prefixes only
 @pytest.mark.parametrize(
-    "method, granularity", [("threshold", "token"), ("exact", "token"), ("exact", "block")]
+    "method, granularity",
+    [("threshold", "token"), ("native", "token"), ("exact", "token"), ("exact", "block")],
 )
 def test_streaming_selection_equals_selecting_from_the_whole_score_matrix(
     method, granularity, kind, seed

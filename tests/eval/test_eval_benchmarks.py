@@ -27,17 +27,18 @@ def test_attention_bench_writes_results(tmp_path):
 def test_sparse_bench_writes_results(tmp_path):
     results = sparse_bench.run_benchmark(
         [256],
-        ("token_topk", "block64"),
+        ("token_native", "block64"),
         k=32,
         heads=2,
         head_dim=16,
         repeats=1,
-        selection_lengths=(),
+        selection_lengths=(256,),
     )
     variants = {r["variant"] for r in results["rows"]}
-    assert variants == {"dense", "token_topk", "block64"}
+    assert variants == {"dense", "token_native", "block64"}
     assert all(r["seconds"] > 0 for r in results["rows"])
-    assert "block64" in sparse_bench.format_table(results)
+    table = sparse_bench.format_table(results)
+    assert "block64" in table and "native" in table and "selection only, L=256" in table
     workdir = sparse_bench.write_results(results, tmp_path / "sparse")
     assert json.loads((workdir / "results.json").read_text()) == results
     assert (workdir / "figure.png").stat().st_size > 0

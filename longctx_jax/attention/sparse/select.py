@@ -7,6 +7,8 @@ Ties are broken deterministically: the lower key index wins.
 
   exact      `lax.top_k` (indices by descending score).
   approx     `lax.approx_max_k` (TPU's approximate top-k; exact on CPU / GPU).
+  native     exact radix selection per row, a native CPU custom call (`native.py`; the
+             threshold search on other platforms), ascending indices.
   threshold  per-row threshold search (`threshold.py`), exact, ascending indices; queries are
              processed `block_rows` at a time, so its temporaries are O(block_rows * S);
              the mask is applied per block, and under a causal mask on default positions a
@@ -38,11 +40,12 @@ from jax import lax
 
 from longctx_jax.attention.logits import tile_visible
 from longctx_jax.attention.mask import AttentionMask, ResolvedMask, visible
+from longctx_jax.attention.sparse.native import native_topk
 from longctx_jax.attention.sparse.prepare import check_block_size
 from longctx_jax.attention.sparse.threshold import compact_words, topk_words
 from longctx_jax.attention.sparse.tiles import merge_rows, split_rows
 
-METHODS = ("exact", "approx", "threshold")
+METHODS = ("exact", "approx", "threshold", "native")
 DEFAULT_BLOCK_ROWS = 32
 
 
@@ -60,6 +63,10 @@ def select_topk(scores_BTS, k: int, *, mask=None, method: str = "exact", block_r
     if method == "approx":
         values, indices = lax.approx_max_k(scores_BTS, k)
         return indices.astype(jnp.int32), values > -jnp.inf
+    if method == "native":
+        b, t, s = scores_BTS.shape
+        indices, valid = native_topk(scores_BTS.reshape(b * t, s), k)
+        return indices.reshape(b, t, k), valid.reshape(b, t, k)
     raise ValueError(f"method={method!r}: expected one of {METHODS}")
 
 
@@ -99,7 +106,11 @@ def select_rows(scores_BQW, k: int, method: str):
         values, indices = top(scores_BQW, n)
         indices, valid = indices.astype(jnp.int32), values > -jnp.inf
     else:
-        indices, valid = compact_words(topk_words(scores_BQW.reshape(b * q, width), n), n)
+        rows = scores_BQW.reshape(b * q, width)
+        if method == "native":
+            indices, valid = native_topk(rows, n)
+        else:
+            indices, valid = compact_words(topk_words(rows, n), n)
         indices, valid = indices.reshape(b, q, n), valid.reshape(b, q, n)
     extra = ((0, 0), (0, 0), (0, k - n))
     return jnp.pad(indices, extra), jnp.pad(valid, extra)
