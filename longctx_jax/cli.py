@@ -38,7 +38,9 @@ _MEMORY_LENGTHS = flags.DEFINE_list(
 
 _TOP_K = flags.DEFINE_integer("top_k", 1024, "bench sparse: keys each query attends to.")
 _VARIANTS = flags.DEFINE_list(
-    "variants", ["token_threshold", "token_topk", "block64"], "bench sparse: selection variants."
+    "variants",
+    ["token_native", "token_threshold", "token_topk", "block64"],
+    "bench sparse: selection variants.",
 )
 
 COMMANDS = ("train", "ablate", "bench attention", "bench train", "bench ring", "bench sparse")
