@@ -30,7 +30,7 @@ from longctx_jax.attention.sparse.prepare import prepare
 from longctx_jax.attention.sparse.tiles import masked_exp, merge_rows, split_rows
 from pallas_kernels.sparse_attention import tpu as sparse_tpu
 
-DEFAULT_BLOCK_Q = 64
+DEFAULT_BLOCK_Q = 8  # at 16k x 1024 keys on a CPU: 1.4x faster than 64 forward, 1.2x fwd+bwd
 IMPLEMENTATIONS = ("gather", "pallas_tpu")
 
 
