@@ -86,14 +86,20 @@ def threshold_topk(scores_BTS, k: int, *, mask=None, block_rows: int = DEFAULT_B
             scores = jnp.where(prefix_visible(m, q_pos, q_seg, width), scores, -jnp.inf)
         return select_rows(scores, k, "threshold")
 
-    args = tuple(split_rows(x, bq) for x in (scores_BTS, m.q_positions, m.q_segment_ids))
-    widths = key_widths(mask, t, s, bq) if mask is not None else [(0, -(-t // bq), s)]
+    rows = (scores_BTS, m.q_positions, m.q_segment_ids)
+    return map_key_prefixes(one_block, rows, mask or AttentionMask(), t, s, bq)
+
+
+def map_key_prefixes(fn, rows, mask: AttentionMask, t: int, s: int, bq: int):
+    """fn(block, width) over blocks of `bq` queries of each [B, T, ...] array in `rows`, a
+    `lax.map` per group of blocks that `key_widths` gives the same key prefix; fn's outputs
+    (a tuple of [B, bq, ...] arrays) are merged back to [B, T, ...]."""
+    args = tuple(split_rows(x, bq) for x in rows)
     results = [
-        lax.map(lambda a, w=width: one_block(a, w), tuple(x[lo:hi] for x in args))
-        for lo, hi, width in widths
+        lax.map(lambda a, w=width: fn(a, w), tuple(x[lo:hi] for x in args))
+        for lo, hi, width in key_widths(mask, t, s, bq)
     ]
-    indices, valid = (jnp.concatenate(parts) for parts in zip(*results, strict=True))
-    return merge_rows(indices, t), merge_rows(valid, t)
+    return tuple(merge_rows(jnp.concatenate(parts), t) for parts in zip(*results, strict=True))
 
 
 def select_rows(scores_BQW, k: int, method: str):

@@ -18,7 +18,7 @@ from longctx_jax.attention.sparse.select import (
     anchor_mask,
     block_maxima,
     kept,
-    key_widths,
+    map_key_prefixes,
     own_blocks,
     prefix_visible,
     select_rows,
@@ -80,13 +80,8 @@ def select_from_features(
         scores = _masked_tile(m, k_BSI[:, :width], *args, keep=(local_window, first_tokens))
         return select_rows(scores, k, method)
 
-    args = tuple(split_rows(x, bq) for x in (q_BTJI, w_BTJ, m.q_positions, m.q_segment_ids))
-    results = []
-    for lo, hi, width in key_widths(mask, t, s, bq):
-        group = tuple(x[lo:hi] for x in args)
-        results.append(lax.map(lambda a, w=width: select_block(a, w), group))
-    indices, valid = (jnp.concatenate(parts) for parts in zip(*results, strict=True))
-    return merge_rows(indices, t), merge_rows(valid, t)
+    rows = (q_BTJI, w_BTJ, m.q_positions, m.q_segment_ids)
+    return map_key_prefixes(select_block, rows, mask, t, s, bq)
 
 
 def anchor_block_maxima(

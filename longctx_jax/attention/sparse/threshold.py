@@ -152,7 +152,7 @@ def topk_words(scores_RS, k: int) -> jax.Array:
     ranked = ~settled(lo, hi, c_lo)  # rows whose bracket holds a few distinct values
     chosen = lax.cond(
         jnp.any(ranked),
-        lambda: jnp.where(ranked[:, None], _best_candidates(scores, bracket, need), 0),
+        lambda: _best_candidates(scores, bracket, need),
         lambda: jnp.zeros_like(bracket),
     )
     first = lax.cond(
@@ -252,9 +252,3 @@ def compact_words(words_RW, k: int):
     rank = slots[None] - jnp.take_along_axis(starts, word, axis=-1)
     bit = _bit_of_rank(jnp.take_along_axis(words_RW, word, axis=-1), rank)
     return jnp.where(valid, word * WORD + bit, 0).astype(jnp.int32), valid
-
-
-def compact(selected_RS, k: int):
-    """(indices int32 [R, k] ascending, valid bool [R, k]) of the True entries of each row
-    (at most k per row)."""
-    return compact_words(pack_bits(selected_RS), k)
