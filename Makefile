@@ -17,7 +17,8 @@ PYTHON312 ?= $(shell for p in python3.12; do \
 
 .PHONY: demo test lint bench venv native clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Ranges in setup.cfg, exact tested versions in constraints.txt.
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	@if [ -z "$(PYTHON312)" ]; then \
 		echo "error: longctx-jax needs Python >= 3.12 (JAX >= 0.12 has no wheels for older Pythons)."; \
 		echo "       Put python3.12 on PATH, install it with pyenv (pyenv install 3.12), or pass PYTHON312=/path/to/python3.12."; \
@@ -25,7 +26,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@echo "using $(PYTHON312)"
 	$(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 # The native CPU top-k (`method="native"` of the sparse selection), a jax.ffi custom call.

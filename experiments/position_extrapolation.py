@@ -8,12 +8,11 @@ at 1x..8x the training length, adding eval-time PI, NTK, dynamic NTK and YaRN to
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from experiments.variants import train_variants
-from longctx_jax.eval.checkpoint_io import load_params
+from longctx_jax.ablation import train_variants
 from longctx_jax.eval.perplexity import perplexity_by_position, with_eval_rope
+from longctx_jax.run import load_model
 
 EVAL_NAMES = {
     "linear": "rope+PI (eval)",
@@ -40,7 +39,7 @@ def evaluate(ablation, trained: dict) -> dict:
     data_config = ablation.baseline.data
     curves = {}
     for name, (config, run_dir) in trained.items():
-        params, _ = load_params(run_dir)
+        _, params = load_model(run_dir)
         models = {name: lambda n, c=config.model: c}
         if name == "rope":
             for kind in ablation.eval_rope_kinds:
@@ -72,7 +71,9 @@ def run(ablation, workdir) -> dict:
     trained = train_variants(ablation, workdir)
     results = evaluate(ablation, trained)
     results["ablation"] = ablation.name
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    from longctx_jax.provenance import write_results
+
+    write_results(workdir / "results.json", results, seeds=[ablation.baseline.train.seed])
     from longctx_jax.viz.curves import plot_perplexity_vs_length
 
     plot_perplexity_vs_length(results, workdir / "figure.png")

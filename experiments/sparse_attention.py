@@ -16,21 +16,20 @@ Writes results.json, a table and figure.png.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.variants import train_variants
+from longctx_jax.ablation import train_variants
 from longctx_jax.attention.sparse import attention_mass_recall
 from longctx_jax.data.pipeline import make_eval_batches
-from longctx_jax.eval.checkpoint_io import load_params
 from longctx_jax.eval.passkey_eval import passkey_accuracy
 from longctx_jax.eval.perplexity import perplexity_by_position
 from longctx_jax.model import DecoderLM, attention_maps
 from longctx_jax.model.sparse_block import index_score_maps
+from longctx_jax.run import load_model
 
 SPARSE = ("dsa", "window", "oracle")
 RECALL_BATCHES = 2
@@ -52,12 +51,12 @@ def evaluate_loss(ablation, trained: dict) -> dict:
     """{row: perplexity_by_position result + trailing_nll} before and after the sparse stage."""
     train_len = ablation.baseline.data.seq_len
     warm_config, warm_dir = trained["warmup"]
-    warm_params, _ = load_params(warm_dir)
+    _, warm_params = load_model(warm_dir)
     rows = {"before: dense": (warm_config.model, warm_params)}
     for name in SPARSE:
         rows[f"before: {name}"] = (trained[name][0].model, warm_params)
     for name in ("dense",) + SPARSE:
-        rows[f"after: {name}"] = (trained[name][0].model, load_params(trained[name][1])[0])
+        rows[f"after: {name}"] = (trained[name][0].model, load_model(trained[name][1])[1])
     out = {}
     for row, (model_config, params) in rows.items():
         print(f"== evaluating {row}")
@@ -84,7 +83,7 @@ def evaluate_passkey(ablation, trained: dict) -> dict:
         config, run_dir = trained[name]
         print(f"== passkey {name}")
         out[name] = passkey_accuracy(
-            config.model, load_params(run_dir)[0], lengths=[length], progress=False, **PASSKEY
+            config.model, load_model(run_dir)[1], lengths=[length], progress=False, **PASSKEY
         )
     return out
 
@@ -97,7 +96,7 @@ def evaluate_recall(ablation, trained: dict) -> dict:
     batches = make_eval_batches(ablation.baseline.data, num_batches=RECALL_BATCHES)
     ks = list(ablation.recall_ks)
     models = {"warm-up": "warmup", "DSA stage": "dsa"}
-    params = {name: load_params(trained[variant][1])[0] for name, variant in models.items()}
+    params = {name: load_model(trained[variant][1])[1] for name, variant in models.items()}
     sums = {}
     for batch in batches:
         kwargs = {key: jnp.asarray(batch[key]) for key in ("positions", "segment_ids")}
@@ -159,7 +158,9 @@ def run(ablation, workdir) -> dict:
         recall=evaluate_recall(ablation, trained),
         passkey=evaluate_passkey(ablation, trained),
     )
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    from longctx_jax.provenance import write_results
+
+    write_results(workdir / "results.json", results, seeds=[ablation.baseline.train.seed])
     from longctx_jax.viz.sparse_ablation import plot_sparse_ablation
 
     plot_sparse_ablation(results, workdir / "figure.png")

@@ -24,9 +24,9 @@ Fields (defaults in `default_data_config`):
   prefetch_batches     batches prepared ahead in a background thread (0: none).
 """
 
-from numbers import Integral, Real
-
 import ml_collections
+
+from longctx_jax import checks
 
 SOURCES = ("stdlib", "folder")
 LENGTH_DISTRIBUTIONS = ("as_is", "truncated", "power_law")
@@ -56,58 +56,48 @@ def default_data_config():
     )
 
 
-def _is_int(value):
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _fail(name, value, expected):
-    raise ValueError(f"data.{name}={value!r}: expected {expected}")
-
-
-def _check_int(config, name, minimum):
-    value = config[name]
-    if not _is_int(value) or value < minimum:
-        _fail(name, value, f"an integer >= {minimum}")
-
-
-def _check_choice(config, name, choices):
-    if config[name] not in choices:
-        _fail(name, config[name], f"one of {choices}")
-
-
 def validate_data_config(config):
     """Raises ValueError naming the field, its value and what was expected; returns the config."""
     missing = sorted(set(default_data_config()) - set(config))
     if missing:
         raise ValueError(f"data config: missing fields {missing}; start from default_data_config()")
-    _check_choice(config, "source", SOURCES)
+    checks.check_choice("data", "source", config.source, SOURCES)
     if config.source == "folder" and (
         not isinstance(config.folder_glob, str) or not config.folder_glob
     ):
-        _fail("folder_glob", config.folder_glob, 'a non-empty glob pattern when source="folder"')
+        checks.fail(
+            "data",
+            "folder_glob",
+            config.folder_glob,
+            'a non-empty glob pattern when source="folder"',
+        )
     for name in ("stdlib_include_tests", "document_masking"):
-        if not isinstance(config[name], bool):
-            _fail(name, config[name], "a bool")
-    fraction = config.validation_fraction
-    if not _is_real(fraction) or not 0.0 <= fraction < 1.0:
-        _fail("validation_fraction", fraction, "a number in [0, 1)")
-    _check_int(config, "seq_len", 2)
-    _check_int(config, "batch_size", 1)
-    if not _is_int(config.seed) or not 0 <= config.seed < 2**32:
-        _fail("seed", config.seed, "an integer in [0, 2**32)")
-    _check_choice(config, "length_distribution", LENGTH_DISTRIBUTIONS)
-    _check_int(config, "min_doc_len", 1)
-    _check_int(config, "max_doc_len", 1)
+        checks.check_bool("data", name, config[name])
+    checks.check_real(
+        "data",
+        "validation_fraction",
+        config.validation_fraction,
+        minimum=0,
+        maximum=1,
+        exclusive_maximum=True,
+        finite=False,
+    )
+    checks.check_int("data", "seq_len", config.seq_len, minimum=2)
+    checks.check_int("data", "batch_size", config.batch_size, minimum=1)
+    checks.check_int(
+        "data", "seed", config.seed, minimum=0, below=2**32, expected="an integer in [0, 2**32)"
+    )
+    checks.check_choice(
+        "data", "length_distribution", config.length_distribution, LENGTH_DISTRIBUTIONS
+    )
+    checks.check_int("data", "min_doc_len", config.min_doc_len, minimum=1)
+    checks.check_int("data", "max_doc_len", config.max_doc_len, minimum=1)
     if config.max_doc_len < config.min_doc_len:
-        _fail("max_doc_len", config.max_doc_len, f">= min_doc_len={config.min_doc_len}")
-    alpha = config.power_law_alpha
-    if not _is_real(alpha) or not 0.0 <= alpha < float("inf"):
-        _fail("power_law_alpha", alpha, "a finite number >= 0")
-    _check_choice(config, "process_sharding", PROCESS_SHARDINGS)
-    _check_int(config, "read_threads", 0)
-    _check_int(config, "prefetch_batches", 0)
+        checks.fail(
+            "data", "max_doc_len", config.max_doc_len, f">= min_doc_len={config.min_doc_len}"
+        )
+    checks.check_real("data", "power_law_alpha", config.power_law_alpha, minimum=0)
+    checks.check_choice("data", "process_sharding", config.process_sharding, PROCESS_SHARDINGS)
+    checks.check_int("data", "read_threads", config.read_threads, minimum=0)
+    checks.check_int("data", "prefetch_batches", config.prefetch_batches, minimum=0)
     return config

@@ -198,7 +198,6 @@ def run_benchmark(
         backend=jax.default_backend(),
         device=str(jax.devices()[0]),
         cpu_count=os.cpu_count(),
-        load_average=list(os.getloadavg()),
     )
     return dict(setup=setup, rows=rows, selection=selection)
 

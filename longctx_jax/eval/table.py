@@ -3,16 +3,17 @@ results.json + figure.png pair every `longctx bench` command writes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from longctx_jax.provenance import write_results
+
 
 def write_bench(results, workdir, plot: Callable) -> Path:
-    """Writes results.json and `plot(results, path)`'s figure.png under workdir; returns it."""
+    """Writes results.json (with its provenance) and `plot(results, path)`'s figure.png under
+    workdir; returns it."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    write_results(workdir / "results.json", results)
     plot(results, workdir / "figure.png")
     return workdir
 

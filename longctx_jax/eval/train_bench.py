@@ -1,28 +1,23 @@
 """`longctx bench train`: tokens/s and train-step memory of a config's model, per attention impl.
 
-One process, one device, the real train step (forward, backward, AdamW) on synthetic batches of
-the configured batch size at each sequence length. Memory is XLA's compiled temporaries for the
-step (excluding parameters and optimizer state, which do not depend on the attention impl);
-speed is best-of-n steps, reported with the ratio to the first impl, timed in the same run.
+One process, one device, the trainer's own step (`build_run`: forward, backward, AdamW, donation,
+stage freezing) on synthetic batches of the configured batch size at each sequence length.
+Memory is XLA's compiled temporaries for the step (excluding parameters and optimizer state,
+which do not depend on the attention impl); speed is best-of-n steps, reported with the ratio
+to the first impl, timed in the same run.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from tqdm import tqdm
 
 from longctx_jax import sharding
 from longctx_jax.eval.cost import temp_bytes, time_call
 from longctx_jax.eval.table import format_rows, mib, speedup
-from longctx_jax.model import DecoderLM
-from longctx_jax.train.loop import init_state
-from longctx_jax.train.optimizer import make_optimizer
-from longctx_jax.train.step import num_position_buckets, train_step
+from longctx_jax.run import build_run
 
 
 def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
@@ -39,29 +34,19 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
 
 
 def compile_train_step(config, seq_len: int):
-    """(compiled train step, state, batch) for `config` at seq_len on the config's mesh.
+    """(compiled train step, run, state, batch) for `config` at seq_len on the config's mesh.
 
-    The state is built sharded, the batch laid out by the logical rules, and the step compiled
-    under the mesh and rules, as the trainer does (so `length` on `sequence` is context parallel).
+    The step is the trainer's own (`build_run`: same donation, same stage freezing), lowered on
+    a sharded state and a batch laid out by the logical rules (so `length` on `sequence` is
+    context parallel).
     """
     config = config.copy_and_resolve_references()
     config.data.seq_len = seq_len
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.mesh)
-    model, optimizer = DecoderLM(config.model), make_optimizer(config.train)
-    state, state_shardings = init_state(config, model, optimizer, mesh, rules)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    batch = jax.device_put(synthetic_batch(config.data.batch_size, seq_len), batch_sharding)
-    step = functools.partial(
-        train_step, model=model, optimizer=optimizer, num_buckets=num_position_buckets(seq_len)
-    )
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        jitted = jax.jit(
-            step,
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-        )
-        return jitted.lower(state, batch).compile(), state, batch
+    run = build_run(config)
+    state = run.init_state()
+    batch = jax.device_put(synthetic_batch(config.data.batch_size, seq_len), run.batch_sharding)
+    with run.scope():
+        return run.step.lower(state, batch).compile(), run, state, batch
 
 
 def measure_step(config, impl: str, seq_len: int, *, repeats: int, budget: int) -> dict:
@@ -70,13 +55,19 @@ def measure_step(config, impl: str, seq_len: int, *, repeats: int, budget: int) 
     config.model.attention.impl = impl
     for axis in sharding.MESH_AXES:
         config.mesh[axis] = 1
-    compiled, state, batch = compile_train_step(config, seq_len)
+    compiled, run, state, batch = compile_train_step(config, seq_len)
     temps = temp_bytes(compiled)
     row = dict(impl=impl, seq_len=seq_len, temp_bytes=temps, seconds=None)
     if temps is not None and temps > budget:
         row["skipped"] = f"needs {temps / 2**30:.1f} GiB of temporaries > budget"
         return row
-    seconds = time_call(compiled, state, batch, repeats=repeats)
+    carried = [state]  # the step donates its state: each call feeds the next one's output
+
+    def step():
+        carried[0], metrics = compiled(carried[0], batch)
+        return metrics
+
+    seconds = time_call(step, repeats=repeats)
     tokens = config.data.batch_size * seq_len
     row.update(seconds=seconds, tokens_per_second=tokens / seconds)
     return row

@@ -41,12 +41,10 @@ Fields (defaults in brackets):
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-
 import ml_collections
 from ml_collections import config_dict
 
+from longctx_jax import checks
 from longctx_jax.attention import IMPLEMENTATIONS
 from longctx_jax.attention.ring import STRATEGIES
 from longctx_jax.model.sparse_config import default_sparse_config, validate_sparse_config
@@ -125,48 +123,57 @@ def validate_model_config(cfg) -> None:
     if isinstance(cfg, dict):
         cfg = ml_collections.ConfigDict(cfg)
     for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim"):
-        _check_positive_int(name, _get(cfg, name))
-    _check_positive_int("mlp_dim", _get(cfg, "mlp_dim"))
+        checks.check_positive_int("model", name, _get(cfg, name))
+    checks.check_positive_int("model", "mlp_dim", _get(cfg, "mlp_dim"))
     if cfg.num_heads % cfg.num_kv_heads:
-        raise _invalid(
-            "num_kv_heads", cfg.num_kv_heads, f"a divisor of num_heads={cfg.num_heads} (GQA/MQA)"
+        raise checks.invalid(
+            "model",
+            "num_kv_heads",
+            cfg.num_kv_heads,
+            f"a divisor of num_heads={cfg.num_heads} (GQA/MQA)",
         )
     for name in ("tie_embeddings", "remat"):
-        if not isinstance(_get(cfg, name), bool):
-            raise _invalid(name, cfg[name], "a bool")
+        checks.check_bool("model", name, _get(cfg, name))
     for name in ("dtype", "param_dtype"):
-        if _get(cfg, name) not in DTYPES:
-            raise _invalid(name, cfg[name], f"one of {DTYPES}")
+        checks.check_choice("model", name, _get(cfg, name), DTYPES)
     for name in ("norm_eps", "init_std"):
-        _check_positive_float(name, _get(cfg, name))
+        checks.check_real("model", name, _get(cfg, name), minimum=0, exclusive_minimum=True)
 
-    impl = _get(cfg, "attention.impl")
-    if impl not in IMPLEMENTATIONS:
-        raise _invalid("attention.impl", impl, f"one of {IMPLEMENTATIONS}")
+    checks.check_choice("model", "attention.impl", _get(cfg, "attention.impl"), IMPLEMENTATIONS)
     strategy = _get(cfg, "attention.context_parallel")
-    if strategy not in STRATEGIES:
-        raise _invalid("attention.context_parallel", strategy, f"one of {STRATEGIES}")
+    checks.check_choice("model", "attention.context_parallel", strategy, STRATEGIES)
     cap = _get(cfg, "attention.logits_soft_cap")
     if cap is not None:
-        _check_positive_float("attention.logits_soft_cap", cap, "None or a finite float > 0")
+        checks.check_real(
+            "model",
+            "attention.logits_soft_cap",
+            cap,
+            minimum=0,
+            exclusive_minimum=True,
+            expected="None or a finite float > 0",
+        )
 
-    kind = _get(cfg, "position.kind")
-    if kind not in POSITION_KINDS:
-        raise _invalid("position.kind", kind, f"one of {POSITION_KINDS}")
+    kind = checks.check_choice("model", "position.kind", _get(cfg, "position.kind"), POSITION_KINDS)
     validate_sparse_config(cfg)
     if kind != "rope":
         return
     if cfg.head_dim % 2:
-        raise _invalid("head_dim", cfg.head_dim, "an even number with position.kind='rope'")
+        raise checks.invalid(
+            "model", "head_dim", cfg.head_dim, "an even number with position.kind='rope'"
+        )
     rope_kind = _get(cfg, "position.rope_kind")
-    if rope_kind not in ROPE_KINDS:
-        raise _invalid("position.rope_kind", rope_kind, f"one of {ROPE_KINDS}")
-    layout = _get(cfg, "position.layout")
-    if layout not in LAYOUTS:
-        raise _invalid("position.layout", layout, f"one of {LAYOUTS}")
+    checks.check_choice("model", "position.rope_kind", rope_kind, ROPE_KINDS)
+    checks.check_choice("model", "position.layout", _get(cfg, "position.layout"), LAYOUTS)
     base = _get(cfg, "position.rope_base")
-    if isinstance(base, bool) or not isinstance(base, Real) or not base > 1:
-        raise _invalid("position.rope_base", base, "a number > 1 (rope_theta)")
+    checks.check_real(
+        "model",
+        "position.rope_base",
+        base,
+        minimum=1,
+        exclusive_minimum=True,
+        finite=False,
+        expected="a number > 1 (rope_theta)",
+    )
     scaling = rope_scaling_kwargs(cfg)
     try:
         rope_frequencies(cfg.head_dim, base=base, kind=rope_kind, **scaling)
@@ -187,18 +194,3 @@ def _get(cfg, dotted: str):
                 f"model.{dotted}: missing; expected the field of default_model_config()"
             ) from None
     return value
-
-
-def _invalid(name, value, expected) -> ValueError:
-    return ValueError(f"model.{name}={value!r}: expected {expected}")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise _invalid(name, value, "a positive integer")
-
-
-def _check_positive_float(name, value, expected="a finite number > 0"):
-    ok = not isinstance(value, bool) and isinstance(value, Real)
-    if not (ok and math.isfinite(value) and value > 0):
-        raise _invalid(name, value, expected)

@@ -33,10 +33,9 @@ Fields (defaults in brackets):
 
 from __future__ import annotations
 
-from numbers import Integral, Real
-
 import ml_collections
 
+from longctx_jax import checks
 from longctx_jax.attention.sparse import METHODS
 
 KINDS = ("dense", "sparse_topk")
@@ -65,44 +64,36 @@ def default_sparse_config() -> ml_collections.ConfigDict:
 
 def validate_sparse_config(cfg) -> None:
     """ValueError naming the `model.attention.*` field unless kind and sparse settings are valid."""
-    kind = cfg.attention.get("kind", "dense")
-    if kind not in KINDS:
-        raise _invalid("attention.kind", kind, f"one of {KINDS}")
+    kind = checks.check_choice("model", "attention.kind", cfg.attention.get("kind", "dense"), KINDS)
     if kind == "dense":
         return
     sparse = cfg.attention.get("sparse", None)
     if sparse is None:
-        raise _invalid("attention.sparse", None, "the sub-config of default_sparse_config()")
+        raise checks.invalid(
+            "model", "attention.sparse", None, "the sub-config of default_sparse_config()"
+        )
     choices = dict(stage=STAGES, granularity=GRANULARITIES, method=METHODS, selector=SELECTORS)
     for name, allowed in choices.items():
-        if sparse.get(name) not in allowed:
-            raise _invalid(f"attention.sparse.{name}", sparse.get(name), f"one of {allowed}")
+        checks.check_choice("model", f"attention.sparse.{name}", sparse.get(name), allowed)
     for name in ("top_k", "block_size", "index_heads", "index_head_dim"):
-        _check_int(name, sparse.get(name), minimum=1)
+        checks.check_int("model", f"attention.sparse.{name}", sparse.get(name), minimum=1)
     for name in ("local_window", "first_tokens", "index_rope_dim"):
-        _check_int(name, sparse.get(name), minimum=0)
+        checks.check_int("model", f"attention.sparse.{name}", sparse.get(name), minimum=0)
     rope_dim = sparse.index_rope_dim
     if rope_dim % 2 or rope_dim > sparse.index_head_dim:
-        raise _invalid(
-            "attention.sparse.index_rope_dim", rope_dim, "an even number <= index_head_dim"
+        raise checks.invalid(
+            "model", "attention.sparse.index_rope_dim", rope_dim, "an even number <= index_head_dim"
         )
     if sparse.granularity == "block" and sparse.top_k < sparse.block_size:
-        raise _invalid("attention.sparse.top_k", sparse.top_k, f">= block_size={sparse.block_size}")
-    weight = sparse.get("loss_weight")
-    if isinstance(weight, bool) or not isinstance(weight, Real) or not weight >= 0:
-        raise _invalid("attention.sparse.loss_weight", weight, "a number >= 0")
+        raise checks.invalid(
+            "model", "attention.sparse.top_k", sparse.top_k, f">= block_size={sparse.block_size}"
+        )
+    checks.check_real(
+        "model", "attention.sparse.loss_weight", sparse.get("loss_weight"), minimum=0, finite=False
+    )
     if cfg.attention.logits_soft_cap is not None or cfg.position.kind == "alibi":
         raise ValueError(
             "model.attention.kind='sparse_topk': expected no logits_soft_cap and "
             f"position.kind other than 'alibi' (got logits_soft_cap="
             f"{cfg.attention.logits_soft_cap!r}, position.kind={cfg.position.kind!r})"
         )
-
-
-def _check_int(name, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise _invalid(f"attention.sparse.{name}", value, f"an integer >= {minimum}")
-
-
-def _invalid(name, value, expected) -> ValueError:
-    return ValueError(f"model.{name}={value!r}: expected {expected}")

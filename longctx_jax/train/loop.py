@@ -1,180 +1,192 @@
-"""`train(config, workdir)`: the training loop around the pure, sharded train step.
+"""`train(config, workdir)`: the training loop around the Run that `build_run` assembles.
 
-State is built the sharded way (eval_shape -> logical partition specs -> jit(init) with
-out_shardings), never materialised whole on one device. Re-running with the same workdir resumes
-from the newest checkpoint (state and data stream) and continues to `train.steps`. SIGTERM saves a
-checkpoint and returns normally. A non-finite loss stops the run naming the step.
+Re-running with the same workdir resumes from the newest readable checkpoint (state and data
+stream) and continues to `train.steps`. The run directory stays trustworthy:
+  * one trainer per workdir (a second one is refused, the first is unharmed);
+  * the config is validated, and a resume that changes the data or a parameter shape refused,
+    before anything is written; config.json is written only after a successful restore;
+  * every step's loss, gradient norm and updated parameters are checked on the host: a
+    non-finite state stops the run and is never checkpointed;
+  * metrics.jsonl and TensorBoard hold each step once, however often the run was interrupted;
+  * tokens/s is measured after the device has finished the steps it counts;
+  * SIGTERM / SIGINT (from process start when run by the CLI) checkpoint and stop.
 """
 
 from __future__ import annotations
 
-import functools
-import signal
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import linen as nn
 from tqdm import tqdm
 
 from longctx_jax import sharding
+from longctx_jax.config import validate_config
 from longctx_jax.data.pipeline import make_train_iterator
-from longctx_jax.model import DecoderLM
-from longctx_jax.train import checkpointing
+from longctx_jax.eval import registry
+from longctx_jax.run import Run, build_run
+from longctx_jax.train import checkpointing, preemption, rundir
 from longctx_jax.train.metrics import MetricWriter
-from longctx_jax.train.optimizer import make_optimizer
-from longctx_jax.train.step import FIRST_BUCKET, TrainState, num_position_buckets, train_step
-
-BATCH_KEYS = ("tokens", "targets", "weights", "segment_ids", "positions")
+from longctx_jax.train.step import FIRST_BUCKET, num_position_buckets
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The loss, the gradients or the updated parameters became NaN or infinite."""
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was saved. Re-running with the same workdir resumes."""
-
-
-class _Preempted:
-    """Remembers a SIGTERM so the loop can checkpoint at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-def init_state(config, model, optimizer, mesh, rules):
-    """(sharded TrainState, its shardings), initialised directly in its sharded layout."""
-    seq_len = config.data.seq_len
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-
-    def init(rng):
-        params = model.init(rng, tokens)["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
-        )
-
-    rng = jax.random.key(config.train.seed)
-    abstract = jax.eval_shape(init, rng)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    unboxed_init = lambda rng: nn.unbox(init(rng))  # noqa: E731
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state = jax.jit(unboxed_init, out_shardings=shardings)(rng)
-    return state, shardings
-
-
-def make_global_batch(local_batch, batch_sharding):
-    """Per-process numpy batch -> global jax arrays laid out by `batch_sharding`."""
-    return {
-        key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch[key]))
-        for key in BATCH_KEYS
-    }
+    """SIGTERM or SIGINT arrived; a checkpoint was saved. Re-running resumes."""
 
 
 def train(config, workdir) -> dict:
     """Trains to `config.train.steps`; returns the last logged metrics.
 
-    Raises `Preempted` after checkpointing if SIGTERM arrives, so callers (the CLI, an ablation
-    runner) stop instead of carrying on.
+    Raises `Preempted` after checkpointing if SIGTERM / SIGINT arrives, so callers (the CLI, an
+    ablation runner) stop instead of carrying on.
     """
-    workdir = Path(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    owns_signals = not preemption.installed()
+    preemption.install()
+    try:
+        validate_config(config)
+        workdir = Path(workdir)
+        if jax.process_index() != 0:
+            return _train(config, workdir)
+        with rundir.exclusive(workdir):
+            rundir.check_resume(workdir, config)
+            return _train(config, workdir)
+    finally:
+        if owns_signals:
+            preemption.uninstall()
 
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.mesh)
-    model = DecoderLM(config.model)
-    optimizer = make_optimizer(config.train, config.model)
-    shards = sharding.length_shards(mesh, rules)
+
+def _train(config, workdir: Path) -> dict:
+    is_main = jax.process_index() == 0
+    run = build_run(config)
+    config = run.config
+    shards = sharding.length_shards(run.mesh, run.rules)
     data = make_train_iterator(
         config.data,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         context_parallel=(shards, config.mesh.context_parallel_layout) if shards > 1 else None,
     )
-    state, state_shardings = init_state(config, model, optimizer, mesh, rules)
+    manager = run.checkpoints(workdir)
+    try:
+        state, start = checkpointing.restore_latest(manager, run.abstract_state, data)
+        if state is not None:
+            origin = f"resumed from step {start}"
+        else:
+            state = run.init_state()
+            origin = "fresh start"
+            if config.train.init_from:
+                params, step = checkpointing.restore_params(
+                    config.train.init_from, abstract_params=run.abstract_state.params
+                )
+                state = state.replace(params=params)
+                origin = f"parameters from {config.train.init_from} step {step}"
+        if is_main:
+            rundir.write_config(workdir, config, start)
+        _summary(run, workdir, origin, is_main)
+        return _loop(run, state, start, data, manager, workdir, is_main)
+    finally:
+        manager.close()
 
-    manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
-    abstract = checkpointing.abstract_with_shardings(jax.eval_shape(lambda: state), state_shardings)
-    restored, start = checkpointing.restore_latest(manager, abstract, data)
-    if restored is not None:
-        state = restored
-    elif config.train.init_from:
-        params = checkpointing.restore_params_from(config.train.init_from, abstract)
-        state = state.replace(params=params)
 
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    num_buckets = num_position_buckets(config.data.seq_len)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, num_buckets=num_buckets),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
+def _summary(run: Run, workdir, origin: str, is_main: bool) -> None:
+    if not is_main:
+        return
+    mesh = ", ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
+    print(
+        f"longctx train: {workdir} | {run.num_params():,} parameters | "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es) | mesh {mesh} | {origin}",
+        flush=True,
     )
 
-    writer = MetricWriter(workdir, enabled=is_main)
-    preempted = _Preempted()
-    last = {}
-    steps = int(config.train.steps)
-    log_every = int(config.train.log_every)
+
+def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bool) -> dict:
+    config = run.config
+    steps, log_every = int(config.train.steps), int(config.train.log_every)
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    buckets = bucket_edges(num_position_buckets(config.data.seq_len))
+    writer = MetricWriter(workdir, start_step=start, enabled=is_main)
     progress = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main)
-    buckets = bucket_edges(num_buckets)
-    tick, logged, done = time.perf_counter(), start, start
+    last: dict = {}
+    clock = dict(time=time.perf_counter(), step=start)
     pending = None  # (step, metrics) dispatched but not yet fetched
 
-    def flush():
-        """Fetches and logs the pending step's metrics (waits for that step to finish)."""
-        nonlocal pending, tick, logged, last
+    def fetch():
+        """Waits for the pending step, checks it is finite, and logs it if due."""
+        nonlocal pending, last
         if pending is None:
             return
-        step_done, metrics = pending
+        step, metrics = pending
         pending = None
-        tokens = (step_done - logged) * config.data.batch_size * config.data.seq_len
-        tokens_per_second = tokens / (time.perf_counter() - tick)
-        last = _log(writer, step_done, jax.device_get(metrics), tokens_per_second, buckets)
-        tick, logged = time.perf_counter(), step_done
-        progress.set_postfix(loss=f"{last['loss']:.4f}")
+        metrics = jax.device_get(metrics)  # synchronises: the clock is read after this
+        if not bool(metrics["finite"]):
+            raise NonFiniteLossError(
+                f"step {step}: loss {float(metrics['loss'])}, grad_norm "
+                f"{float(metrics['grad_norm'])}, or an updated parameter is not finite; stopping "
+                f"(the last checkpoint, step {manager.latest_step()}, is finite)"
+            )
+        if step % log_every == 0 or step == steps:
+            now = time.perf_counter()
+            rate = (step - clock["step"]) * tokens_per_step / (now - clock["time"])
+            clock.update(time=now, step=step)
+            last = _scalars(metrics, rate, buckets)
+            writer.write(step, last)
+            progress.set_postfix(loss=f"{last['loss']:.4f}")
 
+    def evaluate(step, final):
+        names = registry.due(config.evals, step, final=final)
+        if not names:
+            return
+        fetch()
+        results = registry.run_evals(
+            config.evals, names, config.model, state.params, config.data, progress=False
+        )
+        writer.write(step, registry.flat_scalars(results))
+        if is_main:
+            _write_eval(workdir, step, results)
+        clock.update(time=time.perf_counter(), step=step)  # evaluation time is not training
+
+    stopped = None
     try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        with run.scope():
             for step in range(start, steps):
-                batch = make_global_batch(next(data), batch_sharding)
-                state, metrics = step_fn(state, batch)  # dispatch step t ...
-                flush()  # ... then fetch step t - 1's metrics while step t runs
-                done = step + 1
-                if done % log_every == 0 or done == steps:
-                    pending = (done, metrics)
-                progress.update(1)
-                if (
-                    done % config.train.checkpoint_every == 0
-                    or done == steps
-                    or preempted.requested
-                ):
-                    flush()  # never checkpoint a state whose loss was not checked
-                    checkpointing.save(manager, done, state, data)
-                if preempted.requested:
+                stopped = preemption.requested()
+                if stopped:
                     break
-            flush()
+                batch = run.put_batch(next(data))
+                state, metrics = run.step(state, batch)  # dispatch step t ...
+                fetch()  # ... then check and log step t - 1 while step t runs
+                pending = (step + 1, metrics)
+                progress.update(1)
+                done = step + 1
+                if done % config.train.checkpoint_every == 0 or done == steps:
+                    fetch()  # never checkpoint a state that was not checked
+                    checkpointing.save(manager, done, state, data)
+                if done < steps:
+                    evaluate(done, final=False)
+            fetch()
+            if stopped:
+                done = int(jax.device_get(state.step))
+                if done not in manager.all_steps() and done > start:
+                    checkpointing.save(manager, done, state, data)
+                saved = manager.latest_step()
+                where = f"checkpoint step {saved}" if saved is not None else "no checkpoint yet"
+                raise Preempted(f"{stopped} after step {done}: {where} in {workdir}")
+            evaluate(steps, final=True)
     finally:
-        preempted.restore()
         progress.close()
         writer.close()
-        manager.close()
-    if preempted.requested:
-        raise Preempted(f"SIGTERM: checkpoint saved at step {done} in {workdir}")
     return last
+
+
+def _write_eval(workdir: Path, step: int, results: dict) -> None:
+    from longctx_jax.provenance import write_results
+
+    write_results(Path(workdir) / "eval" / f"{step}.json", dict(step=step, evals=results))
 
 
 def bucket_edges(num_buckets: int) -> list[str]:
@@ -185,14 +197,11 @@ def bucket_edges(num_buckets: int) -> list[str]:
     return names
 
 
-def _log(writer, step, metrics, tokens_per_second, bucket_names) -> dict:
-    """Checks the loss is finite and writes one record; returns it."""
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise NonFiniteLossError(f"training loss is {loss} at step {step}; stopping the run")
+def _scalars(metrics, tokens_per_second, bucket_names) -> dict:
     scalars = {
-        "loss": loss,
+        "loss": float(metrics["loss"]),
         "grad_norm": float(metrics["grad_norm"]),
+        "learning_rate": float(metrics["learning_rate"]),
         "tokens_per_second": tokens_per_second,
     }
     if "indexer_loss" in metrics:
@@ -202,5 +211,4 @@ def _log(writer, step, metrics, tokens_per_second, bucket_names) -> dict:
     ):
         if count > 0:
             scalars[f"loss_by_position/{name}"] = float(total / count)
-    writer.write(step, scalars)
     return scalars

@@ -6,14 +6,22 @@ import jax
 import optax
 
 
+def schedule_steps(train_config) -> int:
+    """The schedule's length: `train.schedule_steps`, or `train.steps` when it is None."""
+    steps = train_config.get("schedule_steps", None)
+    return int(train_config.steps if steps is None else steps)
+
+
 def learning_rate_schedule(train_config):
-    """Linear warm-up to `learning_rate` over `warmup_steps`, cosine decay to 10% by `steps`."""
-    warmup = min(int(train_config.warmup_steps), int(train_config.steps))
+    """Linear warm-up to `learning_rate` over `warmup_steps`, cosine decay to 10% by
+    `schedule_steps(train_config)` (then flat at 10%)."""
+    total = schedule_steps(train_config)
+    warmup = min(int(train_config.warmup_steps), total)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=train_config.learning_rate,
         warmup_steps=warmup,
-        decay_steps=max(int(train_config.steps), warmup + 1),
+        decay_steps=max(total, warmup + 1),
         end_value=0.1 * train_config.learning_rate,
     )
 

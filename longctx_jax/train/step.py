@@ -52,8 +52,12 @@ def loss_and_metrics(logits, batch, num_buckets: int):
     )
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, num_buckets: int):
-    """One optimizer step; returns (new state, metrics). Pure: jit it with shardings.
+def train_step(state: TrainState, batch, *, model, optimizer, learning_rate, num_buckets: int):
+    """One optimizer step; returns (new state, metrics). Pure: `build_run` jits it with shardings.
+
+    Metrics: "loss", "grad_norm", "learning_rate" (of this update, from the `learning_rate`
+    schedule the optimizer uses), "finite" (every loss, gradient and updated parameter is finite:
+    the trainer never checkpoints a state without it), and the loss-by-position sums and counts.
 
     With `attention.kind = "sparse_topk"` the objective is the LM loss plus loss_weight times the
     indexer loss (logged as "indexer_loss"); "loss" is always the LM cross entropy.
@@ -76,4 +80,8 @@ def train_step(state: TrainState, batch, *, model, optimizer, num_buckets: int):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["learning_rate"] = learning_rate(state.step)
+    metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    for leaf in jax.tree.leaves(params):
+        metrics["finite"] &= jnp.isfinite(leaf).all()
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,6 +1,7 @@
 """Resuming from a checkpoint reproduces the uninterrupted run exactly (state and data stream)."""
 
 import json
+import warnings
 
 import jax
 import numpy as np
@@ -15,17 +16,37 @@ def losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
+def scheduled(steps, schedule_steps):
+    config = tiny_config(steps=steps)
+    config.train.warmup_steps = 1  # so the cosine decay, not the warm-up, covers the resume
+    config.train.schedule_steps = schedule_steps
+    return config
+
+
 @pytest.mark.slow
 def test_resume_is_bitwise_identical(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(tiny_config(steps=6), straight)
-    train(tiny_config(steps=3), split)  # stops at 3 (checkpointed), then a new run resumes to 6
-    train(tiny_config(steps=6), split)
+    train(scheduled(6, 6), straight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same schedule: no warning
+        train(scheduled(3, 6), split)  # stops at 3 (checkpointed); a new run resumes to 6
+        train(scheduled(6, 6), split)
 
     assert losses(straight) == losses(split)
     assert sorted(losses(split)) == [1, 2, 3, 4, 5, 6]
     a, b = checkpointed_params(straight, 6), checkpointed_params(split, 6)
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_resume_with_another_schedule_warns_and_differs(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(scheduled(6, None), straight)
+    train(scheduled(3, None), split)  # schedule of 3 steps; resuming to 6 stretches it
+    with pytest.warns(
+        UserWarning, match=r"schedule_steps\) was \(0.003, 1, 3\), is now \(0.003, 1, 6\)"
+    ):
+        train(scheduled(6, None), split)
+    assert losses(straight)[5] != losses(split)[5]
 
 
 def test_metrics_jsonl_contract(tmp_path):
@@ -34,6 +55,6 @@ def test_metrics_jsonl_contract(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     for r in records:
         assert isinstance(r["loss"], float) and np.isfinite(r["loss"])
-        assert r["grad_norm"] > 0 and r["tokens_per_second"] > 0
+        assert r["grad_norm"] > 0 and r["tokens_per_second"] > 0 and r["learning_rate"] >= 0
     assert (tmp_path / "config.json").exists()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -2,10 +2,8 @@
 raises its recall of dense attention mass on the stdlib corpus; the sparse stage starts from the
 warm-up checkpoint and trains everything."""
 
-import functools
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,11 +11,10 @@ from tiny_config import checkpointed_params, tiny_config
 
 from longctx_jax.attention.sparse import attention_mass_recall
 from longctx_jax.data.pipeline import make_train_iterator
-from longctx_jax.model import DecoderLM, attention_maps
+from longctx_jax.model import attention_maps
 from longctx_jax.model.sparse_block import index_score_maps
-from longctx_jax.train.loop import BATCH_KEYS, train
-from longctx_jax.train.optimizer import make_optimizer
-from longctx_jax.train.step import TrainState, num_position_buckets, train_step
+from longctx_jax.run import BATCH_KEYS, build_run
+from longctx_jax.train.loop import train
 
 TOP_K = 8
 
@@ -49,25 +46,19 @@ def recall(model, params, batch):
 def test_warmup_moves_only_the_indexer_and_raises_its_recall(seed):
     config = sparse_tiny_config("dense_warmup", steps=40)
     config.train.seed = seed % 2**31
-    model = DecoderLM(config.model)
-    optimizer = make_optimizer(config.train, config.model)
+    run = build_run(config)  # the trainer's own step
+    model = run.model
     data = make_train_iterator(config.data, process_index=0, process_count=1)
     as_batch = lambda b: {key: jnp.asarray(b[key]) for key in BATCH_KEYS}  # noqa: E731
     held_out = as_batch(next(data))
-    params = nn.unbox(model.init(jax.random.key(config.train.seed), held_out["tokens"])["params"])
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
-    )
-    step = jax.jit(
-        functools.partial(
-            train_step, model=model, optimizer=optimizer, num_buckets=num_position_buckets(64)
-        )
-    )
+    state = run.init_state()
+    params = jax.tree.map(jnp.copy, state.params)  # the step donates the state
     before = recall(model, params, held_out)
     first = None
-    for _ in range(config.train.steps):
-        state, metrics = step(state, as_batch(next(data)))
-        first = float(metrics["indexer_loss"]) if first is None else first
+    with run.scope():
+        for _ in range(config.train.steps):
+            state, metrics = run.step(state, run.put_batch(next(data)))
+            first = float(metrics["indexer_loss"]) if first is None else first
     after = recall(model, state.params, held_out)
     last = float(metrics["indexer_loss"])
     what = f"[seed={seed}] recall@{TOP_K} {before:.3f} -> {after:.3f}, KL {first:.3f} -> {last:.3f}"

@@ -1,8 +1,7 @@
 """A tiny training config for tests (seconds per run on a CPU), and reading back a checkpoint."""
 
-import orbax.checkpoint as ocp
-
 from longctx_jax.config import base_config
+from longctx_jax.run import load_model
 
 
 def tiny_config(steps=4, **mesh):
@@ -37,7 +36,5 @@ TINY_MODEL_FLAGS = [
 
 
 def checkpointed_params(workdir, step):
-    """The parameters saved at `step` under workdir/checkpoints, as host arrays."""
-    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"]["params"]
+    """The parameters saved at `step` under workdir/checkpoints (through `load_model`)."""
+    return load_model(workdir, step)[1]

@@ -1,0 +1,1 @@
+"""Evaluator plug-ins: every module here registers itself with `longctx_jax.eval.registry`."""
