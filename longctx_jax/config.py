@@ -182,8 +182,25 @@ def validate_cross_section(config) -> None:
                 f"mesh.context_parallel_layout={mesh.context_parallel_layout!r} can split over "
                 f"the {length_devices} devices of the sequence ({length_axes}): {error}"
             ) from None
-    # TODO(sparse_topk x mesh.sequence): model.attention.kind == "sparse_topk" with
-    # mesh.sequence > 1 (whether it trains is being checked; refuse it here if not).
+    sparse = config.model.attention.sparse
+    permuted = length_devices > 1 and mesh.context_parallel_layout != "contiguous"
+    if (
+        permuted
+        and config.model.attention.kind == "sparse_topk"
+        and sparse.stage == "sparse"
+        and (sparse.granularity == "block" or sparse.selector == "indexer")
+    ):
+        # Blocks are cut, and top-k ties among equal (ReLU-zero) index scores broken, in array
+        # order, which a permuted layout changes: the model would differ from one device's.
+        checks.fail(
+            "mesh",
+            "context_parallel_layout",
+            mesh.context_parallel_layout,
+            f"'contiguous' for a sparse_topk model in its sparse stage (granularity="
+            f"{sparse.granularity!r}, selector={sparse.selector!r}) over the {length_devices} "
+            f"sequence devices ({length_axes}): its block and top-k choices follow array order, "
+            "which this layout permutes",
+        )
 
 
 def _devices_for(mesh, logical: str) -> tuple[int, str]:
@@ -208,13 +225,14 @@ def _is_section(value) -> bool:
     return isinstance(value, Mapping | ml_collections.ConfigDict)
 
 
-def field_names(section, prefix: str = "") -> list[str]:
-    """Every dotted name in a (nested) config, sections and fields ("train", "train.steps")."""
+def field_names(section, prefix: str = "", *, free_form: bool = False) -> list[str]:
+    """Every dotted name in a (nested) config, sections and fields ("train", "train.steps"); the
+    fields inside free-form sections (`evals`) too if `free_form`."""
     names = []
     for key, value in section.items():
         names.append(prefix + key)
-        if _is_section(value) and prefix + key not in FREE_FORM_SECTIONS:
-            names += field_names(value, f"{prefix}{key}.")
+        if _is_section(value) and (free_form or prefix + key not in FREE_FORM_SECTIONS):
+            names += field_names(value, f"{prefix}{key}.", free_form=free_form)
     return names
 
 

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: 8 simulated CPU devices, CPU only, and a fresh random seed per test."""
+"""Shared pytest set-up: 8 simulated CPU devices, CPU only, a fixed seed per test (seeding.py)."""
 
 import os
 
@@ -13,14 +13,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
-import numpy as np
 import pytest
+from seeding import seed_for
 
 
 @pytest.fixture
-def seed() -> int:
-    """A fresh random seed per test, printed (shown on failure); replay with LONGCTX_TEST_SEED=."""
-    fixed = os.environ.get("LONGCTX_TEST_SEED")
-    value = int(fixed) if fixed else int(np.random.default_rng().integers(2**32))
-    print(f"seed={value} (replay: LONGCTX_TEST_SEED={value})")
-    return value
+def seed(request) -> int:
+    """A fixed seed per test (crc32 of its node id), printed (shown on failure).
+
+    LONGCTX_TEST_SEED=random draws a fresh one; LONGCTX_TEST_SEED=<int> replays a printed seed.
+    """
+    return seed_for(request.node.nodeid)

@@ -6,8 +6,16 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from experiments.variants import start_order
-from longctx_jax.ablation import changed_fields, check_variant, checked_variants
+from longctx_jax.ablation import (
+    apply_overrides,
+    changed_fields,
+    check_variant,
+    checked_variants,
+    load_runner,
+    parse_overrides,
+    runner_path,
+    start_order,
+)
 from longctx_jax.config import base_config
 
 ROOT = Path(__file__).parents[1]
@@ -91,3 +99,70 @@ def test_config_with_unknown_variant_field_fails_on_check():
     ablation.variants = {"longer": ml_collections.ConfigDict(dict(config=broken, changes=()))}
     with pytest.raises(ValueError, match="data.seq_len"):
         checked_variants(ablation)
+
+
+def test_override_sets_the_baseline_and_every_variant_before_the_check():
+    ablation = load_config_file("configs/ablations/position_extrapolation.py", "demo")
+    shrunk = apply_overrides(ablation, parse_overrides(["model.num_layers=1", "data.seed=7"]))
+    configs = [shrunk.baseline] + [v.config for v in shrunk.variants.values()]
+    assert {(c.model.num_layers, c.data.seed) for c in configs} == {(1, 7)}
+    assert ablation.baseline.model.num_layers == 2  # the original is untouched
+    variants = checked_variants(shrunk)
+    assert set(variants["alibi"][1]) == {"model.position.kind"}
+
+
+def test_override_of_a_declared_field_is_refused_unless_asked_for():
+    ablation = load_config_file("configs/ablations/position_extrapolation.py", "demo")
+    with pytest.raises(ValueError, match=r"\['pi_finetune_2x', 'yarn_finetune_2x'\] declare"):
+        apply_overrides(ablation, {"train.steps": "5"})
+    with pytest.raises(ValueError, match=r"declare model.position.kind"):
+        apply_overrides(ablation, {"model.position.kind": "rope"})
+    shrunk = apply_overrides(ablation, {"train.steps": "5"}, override_declared=True)
+    assert {v.config.train.steps for v in shrunk.variants.values()} == {5}
+    assert "train.steps" not in checked_variants(shrunk)["pi_finetune_2x"][1]
+
+
+def test_override_errors_are_one_line():
+    ablation = load_config_file("configs/ablations/sparse_attention.py", "demo")
+    with pytest.raises(ValueError, match="did you mean train.steps"):
+        apply_overrides(ablation, {"train.stpes": "5"})
+    with pytest.raises(ValueError, match="expected an integer"):
+        apply_overrides(ablation, {"data.batch_size": "two"})
+    with pytest.raises(ValueError, match="is a config section"):
+        apply_overrides(ablation, {"data": "1"})
+    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+        parse_overrides(["train.steps"])
+
+
+def test_override_values_parse_as_the_field_type():
+    ablation = load_config_file("configs/ablations/sparse_attention.py", "demo")
+    shrunk = apply_overrides(
+        ablation,
+        {
+            "model.remat": "true",
+            "train.learning_rate": "1e-3",
+            "model.attention.logits_soft_cap": "None",
+            "data.source": "stdlib",
+        },
+    )
+    assert shrunk.baseline.model.remat is True
+    assert shrunk.baseline.train.learning_rate == 1e-3
+    assert shrunk.variants.dsa.config.model.remat is True
+
+
+def test_baseline_only_change_still_trips_the_undeclared_check():
+    ablation = load_config_file("configs/ablations/sparse_attention.py", "demo")
+    ablation.baseline.data.batch_size = 2
+    with pytest.raises(ValueError, match=r"data.batch_size: 2 -> 8"):
+        checked_variants(ablation)
+
+
+@pytest.mark.parametrize("name", ["position_extrapolation", "sparse_attention"])
+def test_runner_is_a_file_next_to_the_config(name):
+    config_file = ROOT / "configs" / "ablations" / f"{name}.py"
+    ablation = load_config_file(f"configs/ablations/{name}.py", "demo")
+    path = runner_path(ablation, config_file)
+    assert path.resolve() == (ROOT / "experiments" / f"{name}.py").resolve()
+    assert callable(load_runner(path).run)
+    with pytest.raises(ValueError, match="expected an existing runner file"):
+        load_runner(ROOT / "experiments" / "no_such_runner.py")

@@ -1,8 +1,14 @@
 """The sparse attention experiment's summaries on a small hand-made result."""
 
+from pathlib import Path
+
 import pytest
 
-from experiments.sparse_attention import format_table, trailing_nll
+from longctx_jax.ablation import load_runner
+
+# Runners are files addressed by path (an ablation config's `runner`), not an importable package.
+runner = load_runner(Path(__file__).parents[1] / "experiments" / "sparse_attention.py")
+format_table, trailing_nll = runner.format_table, runner.trailing_nll
 
 
 def fake_result(nll):

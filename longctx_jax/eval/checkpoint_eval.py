@@ -3,12 +3,13 @@
     step, results = evaluate_checkpoint("runs/x")             # newest checkpoint, config.evals
     step, results = evaluate_checkpoint("runs/x", step=200, evals=other_evals)
 
-Writes WORKDIR/eval/<step>.json (with provenance) and returns the evaluators' results; the
-trainer writes the same file for the evaluations it runs.
+Writes WORKDIR/eval/<step>.json (with provenance; `write_eval_results`, which the trainer uses
+too) and returns the evaluators' results.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from longctx_jax.eval import registry
@@ -36,8 +37,17 @@ def evaluate_checkpoint(workdir, step=None, *, evals=None, progress=True):
     results = registry.run_evals(
         evals, list(evals), model_config, params, config.data, progress=progress
     )
-    write_results(Path(workdir) / "eval" / f"{step}.json", dict(step=step, evals=results))
+    write_eval_results(workdir, step, results)
     return step, results
+
+
+def write_eval_results(workdir, step: int, results: dict) -> Path:
+    """WORKDIR/eval/<step>.json: `results` merged over what earlier evaluations of that step
+    wrote (an evaluator of the same name is replaced, others are kept), with provenance."""
+    path = Path(workdir) / "eval" / f"{step}.json"
+    evals = json.loads(path.read_text()).get("evals", {}) if path.exists() else {}
+    write_results(path, dict(step=step, evals=evals | results))
+    return path
 
 
 def format_eval_table(results: dict) -> str:

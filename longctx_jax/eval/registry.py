@@ -16,6 +16,7 @@ WORKDIR/eval/<step>.json beside them.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib
@@ -78,6 +79,45 @@ def eval_config(kind: str, *, every: int = 0, **fields) -> ml_collections.Config
     cfg.kind = kind
     cfg.every = every
     return cfg
+
+
+def apply_overrides(evals, arguments) -> ml_collections.ConfigDict:
+    """A copy of `evals` with `--config.evals.NAME.FIELD=VALUE` arguments applied.
+
+    VALUE is a Python literal (`(256, 1024)`, `0.5`, `10`) or else a string. A NAME the run did
+    not declare becomes a new evaluator: its `kind` must be given (`--config.evals.pk.kind=passkey`)
+    and its other fields start at that evaluator's defaults.
+    """
+    evals = ml_collections.ConfigDict(evals.to_dict() if hasattr(evals, "to_dict") else evals)
+    changes: dict[str, dict] = {}
+    for argument in arguments:
+        key, sep, text = argument.lstrip("-").partition("=")
+        parts = key.split(".")  # config, evals, NAME, FIELD
+        if not sep or len(parts) != 4:
+            raise ValueError(f"{argument}: expected --config.evals.NAME.FIELD=VALUE")
+        changes.setdefault(parts[2], {})[parts[3]] = _literal(text)
+    for name, fields in changes.items():
+        if name not in evals:
+            if "kind" not in fields:
+                raise ValueError(
+                    f"--config.evals.{name}: not an evaluator of this run ({sorted(evals)}); "
+                    f"a new one needs --config.evals.{name}.kind=<one of {kinds()}>"
+                )
+            evals[name] = eval_config(fields["kind"])
+        for field, value in fields.items():
+            try:
+                evals[name][field] = value
+            except TypeError as error:
+                raise ValueError(f"--config.evals.{name}.{field}={value!r}: {error}") from None
+    return evals
+
+
+def _literal(text: str):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return tuple(value) if isinstance(value, list) else value
 
 
 def validate_evals(evals, data_config=None) -> None:

@@ -24,6 +24,7 @@ from longctx_jax import sharding
 from longctx_jax.config import validate_config
 from longctx_jax.data.pipeline import make_train_iterator
 from longctx_jax.eval import registry
+from longctx_jax.eval.checkpoint_eval import write_eval_results
 from longctx_jax.run import Run, build_run
 from longctx_jax.train import checkpointing, preemption, rundir
 from longctx_jax.train.metrics import MetricWriter
@@ -115,8 +116,9 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
     clock = dict(time=time.perf_counter(), step=start)
     pending = None  # (step, metrics) dispatched but not yet fetched
 
-    def fetch():
-        """Waits for the pending step, checks it is finite, and logs it if due."""
+    def fetch(extra=None, now=None):
+        """Waits for the pending step, checks it is finite, and logs it if due (with `extra`:
+        the step's evaluations; `now`: when the step had finished, if evaluations followed)."""
         nonlocal pending, last
         if pending is None:
             return
@@ -129,26 +131,28 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
                 f"{float(metrics['grad_norm'])}, or an updated parameter is not finite; stopping "
                 f"(the last checkpoint, step {manager.latest_step()}, is finite)"
             )
-        if step % log_every == 0 or step == steps:
-            now = time.perf_counter()
+        if step % log_every == 0 or step == steps or extra:
+            now = time.perf_counter() if now is None else now
             rate = (step - clock["step"]) * tokens_per_step / (now - clock["time"])
             clock.update(time=now, step=step)
             last = _scalars(metrics, rate, buckets)
-            writer.write(step, last)
+            writer.write(step, last | (extra or {}))
             progress.set_postfix(loss=f"{last['loss']:.4f}")
 
-    def evaluate(step, final):
-        names = registry.due(config.evals, step, final=final)
+    def evaluate(step):
+        """Runs the evaluators due after `step`; their scalars join the step's record."""
+        names = registry.due(config.evals, step, final=step == steps)
         if not names:
             return
-        fetch()
+        jax.block_until_ready(state)
+        ready = time.perf_counter()  # evaluation time is not training time
         results = registry.run_evals(
-            config.evals, names, config.model, state.params, config.data, progress=False
+            config.evals, names, config.model, _gathered(state.params), config.data, progress=False
         )
-        writer.write(step, registry.flat_scalars(results))
         if is_main:
-            _write_eval(workdir, step, results)
-        clock.update(time=time.perf_counter(), step=step)  # evaluation time is not training
+            write_eval_results(workdir, step, results)
+        fetch(extra=registry.flat_scalars(results), now=ready)
+        clock.update(time=time.perf_counter(), step=step)
 
     stopped = None
     try:
@@ -160,14 +164,13 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
                 batch = run.put_batch(next(data))
                 state, metrics = run.step(state, batch)  # dispatch step t ...
                 fetch()  # ... then check and log step t - 1 while step t runs
-                pending = (step + 1, metrics)
-                progress.update(1)
                 done = step + 1
+                pending = (done, metrics)
+                progress.update(1)
+                evaluate(done)
                 if done % config.train.checkpoint_every == 0 or done == steps:
                     fetch()  # never checkpoint a state that was not checked
                     checkpointing.save(manager, done, state, data)
-                if done < steps:
-                    evaluate(done, final=False)
             fetch()
             if stopped:
                 done = int(jax.device_get(state.step))
@@ -176,17 +179,20 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
                 saved = manager.latest_step()
                 where = f"checkpoint step {saved}" if saved is not None else "no checkpoint yet"
                 raise Preempted(f"{stopped} after step {done}: {where} in {workdir}")
-            evaluate(steps, final=True)
     finally:
         progress.close()
         writer.close()
     return last
 
 
-def _write_eval(workdir: Path, step: int, results: dict) -> None:
-    from longctx_jax.provenance import write_results
+def _gathered(params):
+    """Parameters the evaluators can use: as they are in one process; in a multi-process run,
+    whole on every process's host (each evaluates on its own devices; process 0 writes)."""
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
 
-    write_results(Path(workdir) / "eval" / f"{step}.json", dict(step=step, evals=results))
+    return multihost_utils.process_allgather(params, tiled=True)
 
 
 def bucket_edges(num_buckets: int) -> list[str]:

@@ -31,9 +31,10 @@ def num_position_buckets(seq_len: int) -> int:
 
 
 def position_bucket(positions):
-    """0 for positions < 64, then one bucket per doubling."""
-    ratio = jnp.maximum(positions, 1).astype(jnp.float32) / FIRST_BUCKET
-    return jnp.where(positions < FIRST_BUCKET, 0, 1 + jnp.floor(jnp.log2(ratio)).astype(jnp.int32))
+    """0 for positions < 64, then one bucket per doubling: the bit length of position // 64,
+    in integers (a float log2 misplaces positions near powers of two)."""
+    blocks = jnp.maximum(positions, 0).astype(jnp.int32) // FIRST_BUCKET
+    return 32 - jax.lax.clz(blocks)
 
 
 def loss_and_metrics(logits, batch, num_buckets: int):

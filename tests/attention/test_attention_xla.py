@@ -51,6 +51,6 @@ def test_xla_fully_masked_rows_are_zero(seed):
 
 
 def test_xla_rejects_soft_cap():
-    q, k, v, _ = random_qkv(np.random.default_rng(), SHAPES[0])
+    q, k, v, _ = random_qkv(np.random.default_rng(0), SHAPES[0])
     with pytest.raises(ValueError, match="logits_soft_cap=30.0: impl='xla'"):
         attention(q, k, v, impl="xla", logits_soft_cap=30.0)

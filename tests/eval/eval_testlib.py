@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from seeding import seed_for
 from tiny_models import tiny_model_config  # noqa: F401  (re-exported for the eval tests)
 
 from longctx_jax.data import default_data_config, document_source
@@ -28,8 +27,6 @@ def folder_corpus(tmp_path, rng: np.random.Generator, lengths):
 
 
 def module_seed(name: str) -> int:
-    """A fresh seed for a module-scoped fixture, printed like conftest's `seed` (same replay)."""
-    fixed = os.environ.get("LONGCTX_TEST_SEED")
-    value = int(fixed) if fixed else int(np.random.default_rng().integers(2**32))
-    print(f"{name} seed={value} (replay: LONGCTX_TEST_SEED={value})")
-    return value
+    """The seed of a module-scoped fixture: fixed by default, like conftest's `seed` (same
+    LONGCTX_TEST_SEED=random / =<int> options; see tests/seeding.py)."""
+    return seed_for(f"module_seed:{name}")

@@ -32,6 +32,11 @@ TINY_MODEL_FLAGS = [
     "--config.model.head_dim=16",
     "--config.model.mlp_dim=128",
     "--config.data.seq_len=64",
+    # configs/quickstart.py's evaluators, as small as they go
+    "--config.evals.ppl.lengths=(64,)",
+    "--config.evals.ppl.num_windows=1",
+    "--config.evals.passkey.num_examples=1",
+    "--config.evals.passkey.depths=(0.5,)",
 ]
 
 
