@@ -4,15 +4,14 @@ writes the compiled memory analysis to docs/figures/tpu_compile.json (needs libt
     JAX_PLATFORMS=cpu python benchmarks/tpu_compile.py
 """
 
-import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+from longctx_jax.provenance import write_results  # noqa: E402
 from pallas_kernels.flash_attention.tpu_compile import compile_for_tpu  # noqa: E402
 
 TOPOLOGIES = ("v5e:2x2", "v6e:2x2", "v5p:2x2x1")
@@ -32,7 +31,7 @@ def main(out="docs/figures/tpu_compile.json"):
                     f"args={row['argument_bytes'] / 2**20:7.1f} MiB",
                     flush=True,
                 )
-    Path(out).write_text(json.dumps(rows, indent=2))
+    write_results(out, {"rows": rows})
     print(f"wrote {out}")
 
 

@@ -6,6 +6,7 @@ that returns attention probabilities for attention-map notebooks. Memory is O(T 
 
 from __future__ import annotations
 
+import einops
 import jax
 import jax.numpy as jnp
 
@@ -15,14 +16,12 @@ from longctx_jax.attention.mask import ResolvedMask
 
 def split_heads(q_BTNH, num_kv_heads: int) -> jax.Array:
     """[B, T, N, H] -> [B, K, G, T, H] with query head n = k * G + g (GQA groups)."""
-    b, t, n, h = q_BTNH.shape
-    return q_BTNH.reshape(b, t, num_kv_heads, n // num_kv_heads, h).transpose(0, 2, 3, 1, 4)
+    return einops.rearrange(q_BTNH, "b t (k g) h -> b k g t h", k=num_kv_heads)
 
 
 def merge_heads(x_BKGTH) -> jax.Array:
     """[B, K, G, T, H] -> [B, T, K * G, H]."""
-    b, k, g, t, h = x_BKGTH.shape
-    return x_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, k * g, h)
+    return einops.rearrange(x_BKGTH, "b k g t h -> b t (k g) h")
 
 
 def reference_weights(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):

@@ -4,6 +4,7 @@ falls back to the previous one, and clear errors."""
 
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,11 +54,11 @@ def test_load_model_reads_the_saved_parameters_and_config(workdir):
     model_config, params = load_model(workdir)
     saved = full_restore(workdir, 2)
     assert set(saved) == {"step", "params", "opt_state"} and int(saved["step"]) == 2
-    jax.tree.map(np.testing.assert_array_equal, params, saved["params"])
+    chex.assert_trees_all_equal(params, saved["params"])
     assert model_config.embed_dim == 32 and model_config.num_layers == 1
 
     _, earlier = load_model(workdir, step=1)
-    jax.tree.map(np.testing.assert_array_equal, earlier, full_restore(workdir, 1)["params"])
+    chex.assert_trees_all_equal(earlier, full_restore(workdir, 1)["params"])
     assert not leaves_equal(earlier, params)
 
     # The loaded config and parameters drive the model: same logits as the saved parameters.
@@ -107,7 +108,7 @@ def test_init_from_starts_from_the_other_runs_parameters(workdir, tmp_path):
     train(config, tmp_path / "tuned")
     _, source = load_model(workdir)
     _, tuned = load_model(tmp_path / "tuned")
-    jax.tree.map(np.testing.assert_array_equal, tuned, source)
+    chex.assert_trees_all_equal(tuned, source)
 
     config.train.init_from = ""
     train(config, tmp_path / "fresh")
@@ -134,7 +135,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(workdir, tmp_path)
     assert (run / "corrupt_checkpoints" / "2").is_dir()  # moved aside, not deleted
     _, redone = load_model(run, step=2)
     _, original = load_model(workdir, step=2)
-    jax.tree.map(np.testing.assert_array_equal, redone, original)  # the same step 2 again
+    chex.assert_trees_all_equal(redone, original)  # the same step 2 again
 
 
 def test_build_run_step_donates_the_state():
