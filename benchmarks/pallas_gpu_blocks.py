@@ -10,7 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from longctx_jax.eval.cost import attention_flops
+from longctx_jax.bench.cost import attention_flops
 from pallas_kernels.flash_attention import gpu
 
 

@@ -292,7 +292,7 @@ def eval_command() -> None:
 
 
 def bench_attention() -> None:
-    from longctx_jax.eval.attention_bench import format_table, run_benchmark, write_results
+    from longctx_jax.bench.attention import format_table, run_benchmark, write_results
 
     results = run_benchmark(
         _ints(_LENGTHS),
@@ -309,7 +309,7 @@ def bench_attention() -> None:
 
 
 def bench_train() -> None:
-    from longctx_jax.eval.train_bench import format_train_table, run_train_benchmark
+    from longctx_jax.bench.train import format_train_table, run_train_benchmark
     from longctx_jax.provenance import write_results
 
     config = _required_config("bench train", "configs/<name>.py")
@@ -332,7 +332,7 @@ def bench_ring() -> None:
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={max(devices)}"
     )
-    from longctx_jax.eval.ring_bench import (
+    from longctx_jax.bench.ring import (
         format_ring_table,
         run_ring_benchmark,
         write_ring_results,
@@ -354,7 +354,7 @@ def bench_ring() -> None:
 
 
 def bench_sparse() -> None:
-    from longctx_jax.eval.sparse_bench import format_table, run_benchmark, write_results
+    from longctx_jax.bench.sparse import format_table, run_benchmark, write_results
 
     lengths = _ints(_LENGTHS) if _LENGTHS.present else [16384, 32768]
     results = run_benchmark(

@@ -1,10 +1,8 @@
 """The ablation runner refuses variants that change anything they do not declare."""
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 import pytest
+from config_files import ROOT, load_config_file
 
 from longctx_jax.ablation import (
     apply_overrides,
@@ -17,15 +15,6 @@ from longctx_jax.ablation import (
     start_order,
 )
 from longctx_jax.config import base_config
-
-ROOT = Path(__file__).parents[1]
-
-
-def load_config_file(relative, *args):
-    spec = importlib.util.spec_from_file_location("ablation_config", ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
 
 
 def test_declared_change_is_accepted():

@@ -1,25 +1,15 @@
 """`validate_config` checks a whole training config in one call, with one-line errors that name
 the field, the value and what was expected."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import ml_collections
 import pytest
+from config_files import load_config_file
 
 from longctx_jax import checks
 from longctx_jax.ablation import validate_ablation
 from longctx_jax.config import base_config, suggest_field, validate_config
-
-ROOT = Path(__file__).parents[1]
-
-
-def load_config_file(relative, *args):
-    spec = importlib.util.spec_from_file_location("config_under_test", ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
 
 
 def error_of(config) -> str:

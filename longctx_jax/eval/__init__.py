@@ -1,1 +1,2 @@
-"""Evaluation: cost models and measurements (FLOPs, time, memory), perplexity, retrieval."""
+"""Evaluation: evaluators from a registry (perplexity by position, passkey), run by the trainer
+and `longctx eval`."""

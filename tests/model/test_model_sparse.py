@@ -188,7 +188,7 @@ def test_oracle_block_selection_takes_the_anchors_heaviest_blocks(seed):
 def test_sparse_stage_memory_grows_linearly_with_length():
     """The sparse stage never holds [T, S] (streamed selection, scores of selected keys only):
     doubling T about doubles its compiled temporaries, where the dense warm-up's quadruple."""
-    from longctx_jax.eval.cost import temp_bytes
+    from longctx_jax.bench.cost import temp_bytes
 
     def temps(stage, t):
         cfg = sparse_config(stage, top_k=32, method="threshold")

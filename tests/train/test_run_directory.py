@@ -65,6 +65,23 @@ def losses(workdir):
     return {r["step"]: r["loss"] for r in train_records}
 
 
+def tensorboard_events(workdir):
+    """Every event of WORKDIR/tensorboard, file by file in write order (TFRecord framing: length,
+    its crc, the record, its crc)."""
+    from tensorboardX.proto import event_pb2
+
+    files = sorted((Path(workdir) / "tensorboard").glob("events.out.tfevents.*"))
+    out = []
+    for path in sorted(files, key=lambda f: f.stat().st_mtime_ns):
+        data, at, events = path.read_bytes(), 0, []
+        while at + 12 <= len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            events.append(event_pb2.Event.FromString(data[at + 12 : at + 12 + length]))
+            at += 12 + length + 4
+        out.append(events)
+    return out
+
+
 def wait_for(predicate, process, timeout=240):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -96,6 +113,12 @@ def test_kill_9_then_rerun_logs_each_step_once_and_equals_uninterrupted(uninterr
     assert code == 0, output[-3000:]
     assert "resumed from step" in output
     assert losses(tmp_path) == losses(uninterrupted)  # ... and are logged once, bitwise equal
+    # TensorBoard: the resumed writer starts with a purge of the steps it redoes.
+    restored = int(output.split("resumed from step ")[1].split()[0])
+    first, second = tensorboard_events(tmp_path)
+    starts = [e.step for e in second if e.HasField("session_log")]
+    assert starts == [restored + 1], starts
+    assert max(e.step for e in first if e.summary.value) > restored  # steps that get purged
     jax.tree.map(
         np.testing.assert_array_equal,
         checkpointed_params(tmp_path, 8),

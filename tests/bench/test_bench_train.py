@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from tiny_config import tiny_config  # noqa: E402
 
-from longctx_jax.eval.train_bench import format_train_table, run_train_benchmark  # noqa: E402
+from longctx_jax.bench.train import format_train_table, run_train_benchmark  # noqa: E402
 
 
 def test_train_benchmark_rows():

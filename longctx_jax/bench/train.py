@@ -15,8 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from longctx_jax import sharding
-from longctx_jax.eval.cost import temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib, speedup
+from longctx_jax.bench.cost import temp_bytes, time_call
+from longctx_jax.bench.table import format_rows, mib, speedup
 from longctx_jax.run import build_run
 
 
@@ -74,7 +74,7 @@ def measure_step(config, impl: str, seq_len: int, *, repeats: int, budget: int) 
 
 
 def run_train_benchmark(config, lengths, impls, *, repeats=3, budget=None) -> dict:
-    from longctx_jax.eval.attention_bench import default_memory_budget
+    from longctx_jax.bench.attention import default_memory_budget
 
     budget = default_memory_budget() if budget is None else budget
     rows = [

@@ -34,10 +34,10 @@ from longctx_jax.attention.ring import (
     context_parallel_attention,
     reorder_for_context_parallel,
 )
-from longctx_jax.eval.attention_bench import default_memory_budget, forward_backward
-from longctx_jax.eval.cost import peak_bytes, temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib, write_bench
-from longctx_jax.eval.train_bench import compile_train_step
+from longctx_jax.bench.attention import default_memory_budget, forward_backward
+from longctx_jax.bench.cost import peak_bytes, temp_bytes, time_call
+from longctx_jax.bench.table import format_rows, mib, write_bench
+from longctx_jax.bench.train import compile_train_step
 
 SINGLE = "single"  # the baseline: attention(impl="blockwise") on one device, no shard_map
 

@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from longctx_jax.eval import attention_bench, sparse_bench
+from longctx_jax.bench import attention as attention_bench
+from longctx_jax.bench import sparse as sparse_bench
 
 HEADS, HEAD_DIM = 2, 16
 

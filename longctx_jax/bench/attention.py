@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from longctx_jax.attention import AttentionMask, attention
-from longctx_jax.eval.cost import attention_flops, matmul_flops_per_second, temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib, speedup, write_bench
+from longctx_jax.bench.cost import attention_flops, matmul_flops_per_second, temp_bytes, time_call
+from longctx_jax.bench.table import format_rows, mib, speedup, write_bench
 
 MODES = ("fwd", "fwd+bwd")
 TOKENS = 32768  # tokens per measurement when batch=0 (batch = TOKENS // length)

@@ -36,8 +36,8 @@ from longctx_jax.attention.sparse import (
 from longctx_jax.attention.sparse.indexer import score_tile
 from longctx_jax.attention.sparse.select import key_widths
 from longctx_jax.attention.sparse.stream import anchor_block_maxima
-from longctx_jax.eval.cost import temp_bytes, time_call
-from longctx_jax.eval.table import format_rows, mib, write_bench
+from longctx_jax.bench.cost import temp_bytes, time_call
+from longctx_jax.bench.table import format_rows, mib, write_bench
 
 VARIANTS = {
     "token_native": dict(granularity="token", method="native"),

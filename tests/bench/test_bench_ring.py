@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from tiny_config import tiny_config  # noqa: E402
 
-from longctx_jax.eval import ring_bench  # noqa: E402
-from longctx_jax.eval.ring_bench import (  # noqa: E402
+from longctx_jax.bench import ring as ring_bench  # noqa: E402
+from longctx_jax.bench.ring import (  # noqa: E402
     fits,
     format_ring_table,
     run_ring_benchmark,
