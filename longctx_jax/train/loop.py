@@ -156,29 +156,29 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
 
     stopped = None
     try:
-        with run.scope():
-            for step in range(start, steps):
-                stopped = preemption.requested()
-                if stopped:
-                    break
-                batch = run.put_batch(next(data))
-                state, metrics = run.step(state, batch)  # dispatch step t ...
-                fetch()  # ... then check and log step t - 1 while step t runs
-                done = step + 1
-                pending = (done, metrics)
-                progress.update(1)
-                evaluate(done)
-                if done % config.train.checkpoint_every == 0 or done == steps:
-                    fetch()  # never checkpoint a state that was not checked
-                    checkpointing.save(manager, done, state, data)
-            fetch()
+        for step in range(start, steps):
+            stopped = preemption.requested()
             if stopped:
-                done = int(jax.device_get(state.step))
-                if done not in manager.all_steps() and done > start:
-                    checkpointing.save(manager, done, state, data)
-                saved = manager.latest_step()
-                where = f"checkpoint step {saved}" if saved is not None else "no checkpoint yet"
-                raise Preempted(f"{stopped} after step {done}: {where} in {workdir}")
+                break
+            batch = run.put_batch(next(data))
+            with run.scope():
+                state, metrics = run.step(state, batch)  # dispatch step t ...
+            fetch()  # ... then check and log step t - 1 while step t runs
+            done = step + 1
+            pending = (done, metrics)
+            progress.update(1)
+            evaluate(done)  # outside the mesh scope: evaluators run on the params' own devices
+            if done % config.train.checkpoint_every == 0 or done == steps:
+                fetch()  # never checkpoint a state that was not checked
+                checkpointing.save(manager, done, state, data)
+        fetch()
+        if stopped:
+            done = int(jax.device_get(state.step))
+            if done not in manager.all_steps() and done > start:
+                checkpointing.save(manager, done, state, data)
+            saved = manager.latest_step()
+            where = f"checkpoint step {saved}" if saved is not None else "no checkpoint yet"
+            raise Preempted(f"{stopped} after step {done}: {where} in {workdir}")
     finally:
         progress.close()
         writer.close()
@@ -187,12 +187,13 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
 
 def _gathered(params):
     """Parameters the evaluators can use: as they are in one process; in a multi-process run,
-    whole on every process's host (each evaluates on its own devices; process 0 writes)."""
+    whole on this process's first device (each process evaluates on its own; process 0 writes)."""
     if jax.process_count() == 1:
         return params
     from jax.experimental import multihost_utils
 
-    return multihost_utils.process_allgather(params, tiled=True)
+    whole = multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_put(whole, jax.local_devices()[0])
 
 
 def bucket_edges(num_buckets: int) -> list[str]:
