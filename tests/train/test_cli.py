@@ -1,11 +1,10 @@
-"""`longctx train` as scripts drive it: config overrides, SIGTERM, bad keys, bad checkpoints."""
+"""`longctx train` as scripts drive it: config overrides, bad keys, bad checkpoints (SIGTERM,
+kill -9 and the other run-directory cases: test_run_directory.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -179,28 +178,6 @@ def test_main_config_fields_in_the_help_exist():
             assert tuple(text.split(" | ")) == POSITION_KINDS
         if fields == ("model.position.rope_kind",):
             assert tuple(text.split(";")[0].split(" | ")) == ROPE_KINDS
-
-
-@pytest.mark.slow
-def test_sigterm_checkpoints_and_exits_zero(tmp_path):
-    process = subprocess.Popen(
-        longctx(tmp_path, "--config.train.steps=100000", "--config.train.checkpoint_every=100000"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while len(steps_logged(tmp_path)) < 3 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved and saved[-1] == steps_logged(tmp_path)[-1] >= 3
-    last = saved[-1]
-    resumed = run(tmp_path, f"--config.train.steps={last + 1}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert steps_logged(tmp_path)[-2:] == [last, last + 1]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

@@ -23,10 +23,17 @@ def scheduled(steps, schedule_steps):
     return config
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 6-step run (schedule_steps 6, i.e. train.steps)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train(scheduled(6, 6), workdir)
+    return workdir
+
+
 @pytest.mark.slow
-def test_resume_is_bitwise_identical(tmp_path):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train(scheduled(6, 6), straight)
+def test_resume_is_bitwise_identical(straight, tmp_path):
+    split = tmp_path / "split"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same schedule: no warning
         train(scheduled(3, 6), split)  # stops at 3 (checkpointed); a new run resumes to 6
@@ -38,9 +45,8 @@ def test_resume_is_bitwise_identical(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_resume_with_another_schedule_warns_and_differs(tmp_path):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train(scheduled(6, None), straight)
+def test_resume_with_another_schedule_warns_and_differs(straight, tmp_path):
+    split = tmp_path / "split"
     train(scheduled(3, None), split)  # schedule of 3 steps; resuming to 6 stretches it
     with pytest.warns(
         UserWarning, match=r"schedule_steps\) was \(0.003, 1, 3\), is now \(0.003, 1, 6\)"
