@@ -1,10 +1,11 @@
-"""Data: byte corpora on grain, length distributions, packing, and the passkey task.
+"""Data: byte corpora on grain, length distributions, packing, and retrieval tasks (`tasks`).
 
     config = default_data_config()          # a ConfigDict; validate_data_config(config)
     it = make_train_iterator(config)        # grain DatasetIterator of batches; get_state/set_state
     batch = next(it)                        # tokens, targets, weights, segment_ids, positions
     evals = make_eval_batches(config)       # the validation split, deterministic
     example = make_passkey_example(seed=0, length=1024, depth=0.5)
+    example = make_niah_example(0, 1024, 0.5)   # also MQAR, variable tracking: a TaskExample
 
 Batches are dicts of [batch, seq_len] numpy arrays (int32; weights float32), described in
 `packing`. Tokens are bytes (`VOCAB_SIZE` = 256).
@@ -19,12 +20,6 @@ from longctx_jax.data.config import (
 )
 from longctx_jax.data.lengths import LengthDistribution, sample_power_law_length
 from longctx_jax.data.packing import ROW_KEYS, finalize_row, pack_documents
-from longctx_jax.data.passkey import (
-    PasskeyExample,
-    make_passkey_example,
-    passkey_dataset,
-    score,
-)
 from longctx_jax.data.pipeline import make_eval_batches, make_train_dataset, make_train_iterator
 from longctx_jax.data.sources import (
     ByteFileSource,
@@ -33,6 +28,16 @@ from longctx_jax.data.sources import (
     folder_files,
     split_files,
     stdlib_files,
+)
+from longctx_jax.data.tasks import (
+    PasskeyExample,
+    TaskExample,
+    make_mqar_example,
+    make_niah_example,
+    make_passkey_example,
+    make_variable_tracking_example,
+    passkey_dataset,
+    score,
 )
 from longctx_jax.data.vocab import VOCAB_SIZE, decode, encode
 
@@ -45,6 +50,7 @@ __all__ = [
     "ByteFileSource",
     "LengthDistribution",
     "PasskeyExample",
+    "TaskExample",
     "decode",
     "default_data_config",
     "document_dataset",
@@ -53,9 +59,12 @@ __all__ = [
     "finalize_row",
     "folder_files",
     "make_eval_batches",
+    "make_mqar_example",
+    "make_niah_example",
     "make_passkey_example",
     "make_train_dataset",
     "make_train_iterator",
+    "make_variable_tracking_example",
     "pack_documents",
     "passkey_dataset",
     "sample_power_law_length",

@@ -7,7 +7,7 @@
 Each cell is the exact-match accuracy over `num_examples` prompts of `make_passkey_example(seed,
 length, depth, index=i, digits=digits)`: the model greedily decodes exactly len(answer) tokens
 after the prompt and scores 1 iff they are the answer's digits (with exactly `digits` decoded
-tokens, `longctx_jax.data.passkey.score` accepts a prediction iff it equals the answer).
+tokens, `longctx_jax.data.tasks.passkey.score` accepts a prediction iff it equals the answer).
 
 One teacher-forced pass decides greedy exact match. Feed prompt + answer[:-1] once and let
 g_i = argmax of the logits at the position that predicts answer[i] (prompt_len - 1 + i). Claim:
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from longctx_jax.data.passkey import make_passkey_example
+from longctx_jax.data.tasks.passkey import make_passkey_example
 from longctx_jax.eval.perplexity import LogitsFn, model_logits_fn
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from longctx_jax.data.passkey import make_passkey_example
+from longctx_jax.data.tasks.passkey import make_passkey_example
 from longctx_jax.eval.evaluators.perplexity import _check_lengths
 from longctx_jax.eval.passkey_eval import passkey_accuracy
 from longctx_jax.eval.registry import register

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from longctx_jax.data import decode, encode, make_passkey_example, passkey_dataset, score
-from longctx_jax.data.passkey import FILLER_SENTENCES, INTRO, QUESTION
+from longctx_jax.data.tasks.passkey import FILLER_SENTENCES, INTRO, QUESTION
 
 LONGEST_SENTENCE = max(len(s) for s in FILLER_SENTENCES)
 

@@ -11,6 +11,8 @@ nearest `depth` x (filler bytes) into the filler (depth 0: right after the intro
 the question), and the question ends "The pass key is ", so the answer is the key's digits. The key
 is drawn from (seed, length, depth, index): the same arguments always give the same example.
 A model is scored by exact match of the digits it greedily decodes (`score`).
+`PasskeyExample.as_task_example()` gives the common form of every retrieval task (`TaskExample`:
+tokens = prompt + answer, the answer's digits marked).
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ from numbers import Integral, Real
 import grain
 import numpy as np
 
+from longctx_jax.data.tasks.example import TaskExample, prompt_and_answer
 from longctx_jax.data.vocab import decode, encode
 
 INTRO = (
@@ -48,6 +51,21 @@ class PasskeyExample:
     needle_start: int  # byte offset of the needle sentence in the prompt
     length: int
     depth: float
+
+    def as_task_example(self) -> TaskExample:
+        """tokens = prompt + answer with the answer's digits marked; metadata: the fields here."""
+        return prompt_and_answer(
+            "passkey",
+            self.prompt,
+            self.answer,
+            dict(
+                answer=self.passkey,
+                passkey=self.passkey,
+                needle_start=self.needle_start,
+                length=self.length,
+                depth=self.depth,
+            ),
+        )
 
 
 def _check(name, value, ok, expected):
