@@ -6,6 +6,7 @@
     evals = make_eval_batches(config)       # the validation split, deterministic
     example = make_passkey_example(seed=0, length=1024, depth=0.5)
     example = make_niah_example(0, 1024, 0.5)   # also MQAR, variable tracking: a TaskExample
+    config.task.kind, config.task.fraction = "mqar", 0.5   # train rows: half MQAR (task_source)
 
 Batches are dicts of [batch, seq_len] numpy arrays (int32; weights float32), described in
 `packing`. Tokens are bytes (`VOCAB_SIZE` = 256).
@@ -29,6 +30,15 @@ from longctx_jax.data.sources import (
     split_files,
     stdlib_files,
 )
+from longctx_jax.data.task_source import (
+    TASK_KINDS,
+    default_task_config,
+    make_task_example,
+    task_row,
+    task_row_dataset,
+    train_task_seed,
+    validate_task_config,
+)
 from longctx_jax.data.tasks import (
     PasskeyExample,
     TaskExample,
@@ -46,6 +56,7 @@ __all__ = [
     "PROCESS_SHARDINGS",
     "ROW_KEYS",
     "SOURCES",
+    "TASK_KINDS",
     "VOCAB_SIZE",
     "ByteFileSource",
     "LengthDistribution",
@@ -53,6 +64,7 @@ __all__ = [
     "TaskExample",
     "decode",
     "default_data_config",
+    "default_task_config",
     "document_dataset",
     "document_source",
     "encode",
@@ -62,6 +74,7 @@ __all__ = [
     "make_mqar_example",
     "make_niah_example",
     "make_passkey_example",
+    "make_task_example",
     "make_train_dataset",
     "make_train_iterator",
     "make_variable_tracking_example",
@@ -71,5 +84,9 @@ __all__ = [
     "score",
     "split_files",
     "stdlib_files",
+    "task_row",
+    "task_row_dataset",
+    "train_task_seed",
     "validate_data_config",
+    "validate_task_config",
 ]

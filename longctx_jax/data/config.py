@@ -22,11 +22,16 @@ Fields (defaults in `default_data_config`):
   read_threads         threads reading and cropping documents (grain ReadOptions.num_threads;
                        0: in the thread making batches, the fastest for the page-cached stdlib).
   prefetch_batches     batches prepared ahead in a background thread (0: none).
+  task                 training on a retrieval task: `task.kind` ("none": LM text only, the
+                       default), `task.fraction` (share of train rows that are task rows) and one
+                       section of generator keywords per kind (`task.mqar.num_pairs`, ...); see
+                       `longctx_jax.data.task_source`. Eval batches stay LM text.
 """
 
 import ml_collections
 
 from longctx_jax import checks
+from longctx_jax.data.task_source import default_task_config, validate_task_config
 
 SOURCES = ("stdlib", "folder")
 LENGTH_DISTRIBUTIONS = ("as_is", "truncated", "power_law")
@@ -52,6 +57,7 @@ def default_data_config():
             "process_sharding": "source",
             "read_threads": 0,
             "prefetch_batches": 2,
+            "task": default_task_config(),
         }
     )
 
@@ -100,4 +106,5 @@ def validate_data_config(config):
     checks.check_choice("data", "process_sharding", config.process_sharding, PROCESS_SHARDINGS)
     checks.check_int("data", "read_threads", config.read_threads, minimum=0)
     checks.check_int("data", "prefetch_batches", config.prefetch_batches, minimum=0)
+    validate_task_config(config.task, config.seq_len)
     return config

@@ -8,6 +8,7 @@ Train (one process's view):
       .map_with_index(LengthDistribution)          lengths.py; crops depend on (seed, stream index)
       .to_iter_dataset(ReadOptions)                read in `read_threads` threads, kept in order
       pack_documents(seq_len, document_masking)    packing.py (grain ConcatThenSplit)
+      [data.task: IterDataset.mix with task rows]  task_source.py; a `task.fraction` share of rows
       .batch(rows per process, drop_remainder)
       [process_sharding="batch": the global batch, then this process's rows of it]
       [context_parallel=(n, layout): every row laid out over n devices, attention.ring]
@@ -25,10 +26,18 @@ Sharding across processes (`process_sharding`):
       global batches and iterator states are the same for any process count (costs count x the
       host-side reading and packing, which for byte corpora is small next to a train step).
 
+Tasks (`data.task`, see `task_source`): with kind != "none" and fraction f > 0, rows are task
+rows (one example of seq_len tokens each, loss on the answers) and LM rows interleaved by grain's
+deterministic `IterDataset.mix` (a share f of task rows; its state holds both streams' positions,
+so `get_state`/`set_state` resume the mixed stream exactly). f = 1: task rows only, no document is
+read. Task examples are indexed like documents: process p of P makes examples p, p + P, ...
+under "source"; under "batch" the global stream uses examples 0, 1, ...; kind="none" (or f = 0)
+builds exactly the LM-only pipeline.
+
 Eval (`make_eval_batches`): the validation split in path order, documents as they are (no length
-distribution, no shuffle), packed the same way, grouped into full global batches (the last one
-padded with empty rows: weights 0); each process gets its rows of every batch, so every process
-sees the same number of batches.
+distribution, no shuffle, no task rows), packed the same way, grouped into full global batches
+(the last one padded with empty rows: weights 0); each process gets its rows of every batch, so
+every process sees the same number of batches.
 """
 
 import functools
@@ -42,6 +51,7 @@ from longctx_jax.data.config import validate_data_config
 from longctx_jax.data.lengths import apply_length_distribution, length_distribution_from_config
 from longctx_jax.data.packing import ROW_KEYS, pack_documents
 from longctx_jax.data.sources import document_dataset
+from longctx_jax.data.task_source import task_row_dataset
 
 
 def _check_process(process_index, process_count, batch_size):
@@ -91,17 +101,28 @@ def make_train_dataset(config, *, process_index=0, process_count=1, context_para
     if context_parallel is not None:
         check_layout(config.seq_len, *context_parallel)
     rows_per_process = config.batch_size // process_count
-    documents = document_dataset(config, "train")
     by_source = config.process_sharding == "source"
-    if by_source:
-        documents = documents[process_index::process_count]
-    documents = documents.shuffle(seed=config.seed).repeat()
-    documents = apply_length_distribution(documents, length_distribution_from_config(config))
-    rows = pack_documents(
-        documents.to_iter_dataset(_read_options(config)),
-        seq_len=config.seq_len,
-        document_masking=config.document_masking,
-    )
+    fraction = 0.0 if config.task.kind == "none" else float(config.task.fraction)
+    if fraction < 1.0:
+        documents = document_dataset(config, "train")
+        if by_source:
+            documents = documents[process_index::process_count]
+        documents = documents.shuffle(seed=config.seed).repeat()
+        documents = apply_length_distribution(documents, length_distribution_from_config(config))
+        rows = pack_documents(
+            documents.to_iter_dataset(_read_options(config)),
+            seq_len=config.seq_len,
+            document_masking=config.document_masking,
+        )
+    if fraction > 0.0:
+        start, step = (process_index, process_count) if by_source else (0, 1)
+        task_rows = task_row_dataset(config, start=start, step=step).to_iter_dataset(
+            _read_options(config)
+        )
+        if fraction == 1.0:
+            rows = task_rows
+        else:
+            rows = grain.IterDataset.mix([task_rows, rows], [fraction, 1.0 - fraction])
     if by_source:
         batches = rows.batch(rows_per_process, drop_remainder=True)
     else:
