@@ -30,7 +30,9 @@ results of different pass lengths can differ in the last bits, which only matter
 `teacher_forced_digit_accuracy` (also returned) is the fraction of answer positions where g_i is
 right: a partial-credit signal for small models (it is not a greedy-decoding metric).
 Examples of one prompt length (all depths) are batched together in passes of fixed shape
-[batch_size, length + digits - 1], so there is one compile per length.
+[batch_size, length + digits - 1], so there is one compile per length. The scoring itself is the
+generic one of every retrieval task (`longctx_jax.eval.task_eval.score_task_examples` on
+`PasskeyExample.as_task_example()`); passkey prompts use indices 0..num_examples - 1 of `seed`.
 """
 
 from __future__ import annotations
@@ -39,22 +41,18 @@ import math
 from collections.abc import Sequence
 from numbers import Integral, Real
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from longctx_jax.data.tasks.passkey import make_passkey_example
 from longctx_jax.eval.perplexity import LogitsFn, model_logits_fn
+from longctx_jax.eval.task_eval import (
+    forced_argmax,
+    greedy_predictions_fn,
+    score_task_examples,
+)
 
-
-def greedy_predictions_fn(logits_fn: LogitsFn):
-    """jit((params, tokens [B, T], positions [B, T]) -> argmax tokens int32 [B, T])."""
-
-    def predict(params, tokens_BT, positions_BT):
-        return jnp.argmax(logits_fn(params, tokens_BT, positions_BT), axis=-1).astype(jnp.int32)
-
-    return jax.jit(predict)
+__all__ = ["greedy_predictions_fn", "passkey_accuracy", "teacher_forced_predictions"]
 
 
 def teacher_forced_predictions(predict, params, prompts, answers, *, pad_len=None) -> np.ndarray:
@@ -79,11 +77,7 @@ def teacher_forced_predictions(predict, params, prompts, answers, *, pad_len=Non
     pad_len = longest if pad_len is None else pad_len
     if pad_len < longest:
         raise ValueError(f"pad_len={pad_len}: expected >= the longest prompt + answer - 1")
-    tokens = np.zeros((len(rows), pad_len), np.int32)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = row
-    positions = np.broadcast_to(np.arange(pad_len, dtype=np.int32), tokens.shape)
-    argmax_BT = np.asarray(predict(params, tokens, positions))
+    argmax_BT = forced_argmax(predict, params, rows, pad_len)
     return np.stack(
         [argmax_BT[i, len(p) - 1 : len(p) - 1 + d] for i, p in enumerate(prompts)]
     ).astype(np.int32)
@@ -148,22 +142,17 @@ def passkey_accuracy(
                 make_passkey_example(seed, length, depths[di], index=i, digits=digits)
                 for di, i in cells
             ]
-            for first in range(0, per_length, batch_size):
-                chunk = examples[first : first + batch_size]
-                padded = chunk + [chunk[0]] * (batch_size - len(chunk))  # fixed batch shape
-                g = teacher_forced_predictions(
-                    predict,
-                    params,
-                    [e.prompt for e in padded],
-                    [e.answer for e in padded],
-                    pad_len=length + digits - 1,
-                )[: len(chunk)]
-                for row, example in enumerate(chunk):
-                    di = cells[first + row][0]
-                    hits = g[row] == example.answer
-                    exact[li, di] += bool(hits.all())
-                    digit_hits[li, di] += int(hits.sum())
-                bar.update(1)
+            scores = score_task_examples(
+                predict,
+                params,
+                [e.as_task_example() for e in examples],
+                pad_len=length + digits - 1,
+                batch_size=batch_size,
+                on_batch=lambda: bar.update(1),
+            )
+            for (di, _), score in zip(cells, scores, strict=True):
+                exact[li, di] += score.exact
+                digit_hits[li, di] += score.token_hits
     finally:
         bar.close()
     return {
