@@ -73,6 +73,7 @@ _VARIANTS = flags.DEFINE_list(
     ["token_native", "token_threshold", "token_topk", "block64"],
     "selection variants",
 )
+_CHUNK_SIZES = flags.DEFINE_list("chunk_sizes", ["64"], "linear mixer chunk sizes")
 
 # The flags defined above: a command refuses those of them that are not in its table entry.
 OWN_FLAGS = (
@@ -93,6 +94,7 @@ OWN_FLAGS = (
     "memory_lengths",
     "top_k",
     "variants",
+    "chunk_sizes",
 )
 
 # The training-config fields most runs change (all of them: base_config() in
@@ -114,7 +116,11 @@ MAIN_CONFIG_FIELDS = (
         ("model.attention.impl",),
         "auto | reference | blockwise | xla | cudnn | pallas_tpu | pallas_gpu",
     ),
-    (("model.attention.kind",), "dense | sparse_topk (learned top-k: model.attention.sparse.*)"),
+    (
+        ("model.attention.kind",),
+        "dense | sparse_topk (learned top-k: model.attention.sparse.*) | linear "
+        "(gated linear attention: model.attention.linear.*)",
+    ),
     (("model.position.kind",), "rope | alibi | nope"),
     (
         ("model.position.rope_kind",),
@@ -370,6 +376,22 @@ def bench_sparse() -> None:
     print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
 
 
+def bench_linear() -> None:
+    from longctx_jax.bench.linear import format_table, run_benchmark, write_results
+
+    lengths = _ints(_LENGTHS) if _LENGTHS.present else [4096, 8192, 16384, 32768]
+    results = run_benchmark(
+        lengths,
+        tuple(_ints(_CHUNK_SIZES)),
+        heads=_HEADS.value if _HEADS.present else 4,
+        head_dim=_HEAD_DIM.value,
+        repeats=_REPEATS.value,
+    )
+    workdir = write_results(results, _WORKDIR.value or "runs/bench_linear")
+    print(format_table(results))
+    print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
+
+
 COMMANDS = {
     command.name: command
     for command in (
@@ -473,6 +495,18 @@ COMMANDS = {
             flag_help={
                 "lengths": "sequence lengths (default here: 16384,32768)",
                 "workdir": "output folder (default: runs/bench_sparse)",
+            },
+        ),
+        Command(
+            "bench linear",
+            bench_linear,
+            "linear mixer (gated linear attention) against blockwise attention, per length",
+            "longctx bench linear [--lengths=4096,8192,16384,32768] [--chunk_sizes=64]",
+            ("lengths", "chunk_sizes", "heads", "head_dim", "repeats", "workdir"),
+            flag_help={
+                "lengths": "sequence lengths (default here: 4096,8192,16384,32768)",
+                "heads": "number of heads (default here: 4)",
+                "workdir": "output folder (default: runs/bench_linear)",
             },
         ),
     )

@@ -182,6 +182,15 @@ def validate_cross_section(config) -> None:
                 f"mesh.context_parallel_layout={mesh.context_parallel_layout!r} can split over "
                 f"the {length_devices} devices of the sequence ({length_axes}): {error}"
             ) from None
+    if length_devices > 1 and config.model.attention.kind == "linear":
+        checks.fail(
+            "model",
+            "attention.kind",
+            "linear",
+            f"a softmax kind ('dense' or 'sparse_topk') with the sequence split over "
+            f"{length_devices} devices ({length_axes}): the linear mixer has no context "
+            "parallelism (or use mesh.sequence=1)",
+        )
     sparse = config.model.attention.sparse
     permuted = length_devices > 1 and mesh.context_parallel_layout != "contiguous"
     if (

@@ -129,13 +129,13 @@ def test_override_values_parse_as_the_field_type():
         ablation,
         {
             "model.remat": "true",
-            "train.learning_rate": "1e-3",
+            "train.weight_decay": "1e-3",
             "model.attention.logits_soft_cap": "None",
             "data.source": "stdlib",
         },
     )
     assert shrunk.baseline.model.remat is True
-    assert shrunk.baseline.train.learning_rate == 1e-3
+    assert shrunk.baseline.train.weight_decay == 1e-3
     assert shrunk.variants.dsa.config.model.remat is True
 
 
@@ -146,7 +146,7 @@ def test_baseline_only_change_still_trips_the_undeclared_check():
         checked_variants(ablation)
 
 
-@pytest.mark.parametrize("name", ["position_extrapolation", "sparse_attention"])
+@pytest.mark.parametrize("name", ["position_extrapolation", "sparse_attention", "retrieval"])
 def test_runner_is_a_file_next_to_the_config(name):
     config_file = ROOT / "configs" / "ablations" / f"{name}.py"
     ablation = load_config_file(f"configs/ablations/{name}.py", "demo")

@@ -8,16 +8,28 @@ Stages, each from the previous one's checkpoint ("@name"):
   pretrain  a dense LM (`sparse_topk` selecting every key is exactly dense attention; the indexer
             is present but untrained: loss_weight 0, so only weight decay moves it).
   warmup    dense warm-up: only the indexer trains, by the KL loss to dense attention.
-  dense, dsa, window, oracle   the sparse stage, the same steps each: every key (dense), the
-            indexer's top k (DSA), the k nearest keys (`local_window = k` fills the budget), or the
-            top k by the true head-summed attention (oracle).
+  dense, dsa, window, oracle   the sparse stage, the same steps and learning rate each: every
+            key (dense), the indexer's top k (DSA), the k nearest keys (`local_window = k` fills
+            the budget), or the top k by the true head-summed attention (oracle).
+
+Learning rates: pretraining and the warm-up (a freshly initialised indexer, the rest frozen) warm
+up to the pretraining peak `train.learning_rate`; the sparse stages train at
+`sparse_lr_fraction` (0.1) of it, with a short warm-up (the optimizer state starts fresh) and the
+usual cosine decay, instead of re-warming the whole pretrained model to the full peak.
+DeepSeek-V3.2's reference ratio: indexer warm-up at 1e-3 for 1000 steps, sparse training at
+7.3e-6, 0.73% of that; 7.3e-6 is the constant rate of DeepSeek-V3's last pretraining phase, so
+the sparse stage continues the model at the rate its pretraining ended with. Here pretraining's
+cosine ends at 10% of the peak (train/optimizer.py), so 0.1 is the same rule at this scale;
+0.73% of our 3e-3 peak (2.2e-5) would barely move a model in the demo's 120 steps, and the
+"after" rows would repeat "before".
 """
 
 import ml_collections
 
 from longctx_jax.config import base_config
 
-# Train length, key budget, model size, batch, steps per stage, evaluation documents and recall ks.
+# Train length, key budget, model size, batch, steps per stage, the sparse stages' learning rate
+# as a fraction of the pretraining peak, evaluation documents and recall ks.
 SIZES = {
     "demo": dict(
         seq_len=256,
@@ -28,6 +40,7 @@ SIZES = {
         pretrain=200,
         warmup=100,
         sparse=120,
+        sparse_lr_fraction=0.1,
         eval_documents=24,
         recall_ks=(4, 8, 16, 32, 64, 128),
     ),
@@ -40,6 +53,7 @@ SIZES = {
         pretrain=3000,
         warmup=500,
         sparse=1000,
+        sparse_lr_fraction=0.1,
         eval_documents=64,
         recall_ks=(8, 16, 32, 64, 128, 256, 512),
     ),
@@ -81,13 +95,17 @@ STAGE_FIELDS = (
 )
 
 
-def stage(size, init_from, steps, **sparse):
-    """A stage from `init_from`'s checkpoint with the indexer loss on and `sparse` overrides."""
+def stage(size, init_from, steps, lr_fraction=1.0, **sparse):
+    """A stage from `init_from`'s checkpoint with the indexer loss on, `sparse` overrides and a
+    peak learning rate of `lr_fraction` times the pretraining one."""
     config = baseline(size)
     config.model.attention.sparse.update(loss_weight=1.0, **sparse)
     config.train.init_from = init_from
     stage_steps(config, steps)
     changes = STAGE_FIELDS + tuple(f"model.attention.sparse.{name}" for name in sparse)
+    if lr_fraction != 1.0:
+        config.train.learning_rate *= lr_fraction
+        changes += ("train.learning_rate",)
     return ml_collections.ConfigDict(dict(config=config, changes=changes))
 
 
@@ -95,7 +113,7 @@ def get_config(size="full"):
     if size not in SIZES:
         raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
     s = SIZES[size]
-    k, steps = s["top_k"], s["sparse"]
+    k, steps, lr = s["top_k"], s["sparse"], s["sparse_lr_fraction"]
     ablation = ml_collections.ConfigDict()
     ablation.name = f"sparse_attention_{size}"
     ablation.runner = "../../experiments/sparse_attention.py"  # relative to this file
@@ -106,9 +124,9 @@ def get_config(size="full"):
     ablation.variants = dict(
         pretrain=ml_collections.ConfigDict(dict(config=baseline(size), changes=())),
         warmup=stage(size, "@pretrain", s["warmup"], stage="dense_warmup"),
-        dense=stage(size, "@warmup", steps),
-        dsa=stage(size, "@warmup", steps, top_k=k),
-        window=stage(size, "@warmup", steps, top_k=k, local_window=k),
-        oracle=stage(size, "@warmup", steps, top_k=k, selector="oracle"),
+        dense=stage(size, "@warmup", steps, lr),
+        dsa=stage(size, "@warmup", steps, lr, top_k=k),
+        window=stage(size, "@warmup", steps, lr, top_k=k, local_window=k),
+        oracle=stage(size, "@warmup", steps, lr, top_k=k, selector="oracle"),
     )
     return ablation

@@ -5,6 +5,8 @@ Position schemes (config `position.kind`):
          time from the config (`dynamic` and `longrope` read seq_len = the input length T).
   alibi  `alibi_slopes(num_heads)` handed to `attention()`, which adds -slope * (q_pos - kv_pos).
   nope   nothing: positions only reach the causal mask.
+With `attention.kind = "linear"` the block's q/k/v (RoPE-rotated for position.kind "rope") go to
+`GatedLinearAttention` (model/linear_mixer.py) instead of `attend`.
 Positions and segment ids ride in the `AttentionMask`, so packed documents, permuted layouts and
 context-parallel chunks need no special case here. `attend` is the only place attention is
 computed: when the current mesh (`jax.set_mesh`) and logical rules shard `length` over more than
@@ -23,6 +25,7 @@ from longctx_jax.attention import AttentionMask, attention, attention_weights
 from longctx_jax.attention.ring import context_parallel_attention
 from longctx_jax.model.config import rope_scaling_kwargs
 from longctx_jax.model.layers import normal_init
+from longctx_jax.model.linear_mixer import GatedLinearAttention
 from longctx_jax.model.sparse_block import sparse_topk_attention
 from longctx_jax.positions import alibi_slopes, apply_rope, rope_frequencies
 
@@ -64,6 +67,22 @@ def context_parallel_axis() -> str | None:
             f"logical axis 'length' -> mesh axes {axis}: context parallelism needs one mesh axis"
         )
     return axis if mesh.shape[axis] > 1 else None
+
+
+def _check_linear_supported(capture_attention: bool) -> None:
+    """ValueError for what attention.kind="linear" cannot do (see model/linear_mixer.py)."""
+    if capture_attention:
+        raise ValueError(
+            "capture_attention=True: model.attention.kind='linear' has no attention "
+            "probabilities to capture; expected capture_attention=False"
+        )
+    axis = context_parallel_axis()
+    if axis is not None:
+        raise ValueError(
+            f"model.attention.kind='linear' with the logical axis 'length' sharded over mesh axis "
+            f"{axis!r}: context parallelism is not supported for the linear mixer; expected "
+            "'length' unsharded (mesh.sequence=1)"
+        )
 
 
 def rope_for_length(cfg, seq_len: int):
@@ -121,7 +140,12 @@ class SelfAttention(nn.Module):
             kv_segment_ids=segment_ids_BT,
         )
         capture = self._capture if capture_attention else None
-        if cfg.attention.kind == "sparse_topk":
+        if cfg.attention.kind == "linear":
+            _check_linear_supported(capture_attention)
+            out_BTNH = GatedLinearAttention(cfg, name="linear")(
+                x_BTD, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT
+            )
+        elif cfg.attention.kind == "sparse_topk":
             out_BTNH = sparse_topk_attention(
                 self,
                 x_BTD,

@@ -27,8 +27,11 @@ Fields (defaults in brackets):
   attention.context_parallel ["ring"] how attention runs when the mesh shards `length` over
                                       more than one device: "ring" | "all_gather"
                                       (`longctx_jax.attention.ring.STRATEGIES`).
-  attention.kind ["dense"]            "dense" | "sparse_topk"; attention.sparse.* configures the
-                                      learned top-k attention (see model/sparse_config.py).
+  attention.kind ["dense"]            "dense" | "sparse_topk" | "linear"; attention.sparse.*
+                                      configures the learned top-k attention (see
+                                      model/sparse_config.py), attention.linear.* the gated
+                                      linear attention, a fixed-size-state mixer (see
+                                      model/linear_config.py and model/linear_mixer.py).
   position.kind ["rope"]              "rope" | "alibi" | "nope".
   position.rope_kind ["default"]      a `rope_frequencies` kind: default, linear, ntk, dynamic,
                                       yarn, llama3, longrope.
@@ -47,6 +50,7 @@ from ml_collections import config_dict
 from longctx_jax import checks
 from longctx_jax.attention import IMPLEMENTATIONS
 from longctx_jax.attention.ring import STRATEGIES
+from longctx_jax.model.linear_config import default_linear_config, validate_linear_config
 from longctx_jax.model.sparse_config import default_sparse_config, validate_sparse_config
 from longctx_jax.positions import LAYOUTS, ROPE_KINDS, rope_frequencies
 
@@ -95,6 +99,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.attention.context_parallel = "ring"
     cfg.attention.kind = "dense"
     cfg.attention.sparse = default_sparse_config()
+    cfg.attention.linear = default_linear_config()
 
     cfg.position = ml_collections.ConfigDict()
     cfg.position.kind = "rope"
@@ -155,6 +160,7 @@ def validate_model_config(cfg) -> None:
 
     kind = checks.check_choice("model", "position.kind", _get(cfg, "position.kind"), POSITION_KINDS)
     validate_sparse_config(cfg)
+    validate_linear_config(cfg)
     if kind != "rope":
         return
     if cfg.head_dim % 2:

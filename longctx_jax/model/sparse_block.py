@@ -14,6 +14,7 @@ the indexer loss never reaches the model:
                 The indexer's selection is scored a block of queries at a time and its loss
                 uses the scores of the selected keys only, so the sparse stage holds O(T * k),
                 never the [T, S] index scores (only the warm-up and the oracle are dense).
+The indexer's RoPE follows the model's `position` scheme (`indexer_rope`; none under NoPE).
 The indexer loss is sown into the "losses" collection (only when that collection is mutable, so
 evaluation pays nothing for it); the train step adds it to the objective. With "intermediates"
 mutable, the index scores [B, T, S] are sown there too (`index_score_maps` stacks them).
@@ -54,17 +55,7 @@ def sparse_topk_attention(
     is sown there); `dense(q, k, v, mask=...)` is the model's dense attention.
     """
     sc = cfg.attention.sparse
-    indexer = LightningIndexer(
-        num_heads=sc.index_heads,
-        head_dim=sc.index_head_dim,
-        rope_dim=sc.index_rope_dim,
-        rope_base=cfg.position.rope_base,
-        init_std=cfg.init_std,
-        norm_eps=cfg.norm_eps,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        name="indexer",
-    )
+    indexer = lightning_indexer(cfg, name="indexer")
     features = indexer(jax.lax.stop_gradient(x_BTD), positions_BT)  # (q_idx, k_idx, w)
     with_loss = module.is_mutable_collection(LOSS_COLLECTION)
     if module.is_mutable_collection("intermediates"):
@@ -106,6 +97,46 @@ def sparse_topk_attention(
         chosen = scores_at(*features, indices, valid)
         module.sow(LOSS_COLLECTION, LOSS_NAME, indexer_kl_loss(chosen, target))
     return out
+
+
+def lightning_indexer(cfg, **kwargs) -> LightningIndexer:
+    """The model's indexer: sizes from `attention.sparse`, RoPE from `position` (see
+    `indexer_rope`); `kwargs` go to the module (e.g. `name`)."""
+    sc = cfg.attention.sparse
+    return LightningIndexer(
+        num_heads=sc.index_heads,
+        head_dim=sc.index_head_dim,
+        init_std=cfg.init_std,
+        norm_eps=cfg.norm_eps,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        **indexer_rope(cfg),
+        **kwargs,
+    )
+
+
+def indexer_rope(cfg) -> dict:
+    """The indexer's RoPE fields from the model's `position` config.
+
+    position.kind "rope": the model's rope_kind, rope_base and rope_scaling, evaluated for a
+    rotary head of `attention.sparse.index_rope_dim` dimensions (DeepSeek-V3.2's indexer uses its
+    MLA's YaRN-scaled frequencies); `partial_rotary_factor` is dropped, since index_rope_dim
+    already is the rotary dimension. "nope": no rotation (positions reach only the mask).
+    """
+    if cfg.position.kind != "rope":
+        return dict(rope_dim=0)
+    scaling = cfg.position.rope_scaling
+    pairs = tuple(
+        (name, tuple(value) if isinstance(value, list | tuple) else value)
+        for name in sorted(scaling.keys())
+        if (value := scaling[name]) is not None and name != "partial_rotary_factor"
+    )
+    return dict(
+        rope_dim=cfg.attention.sparse.index_rope_dim,
+        rope_base=cfg.position.rope_base,
+        rope_kind=cfg.position.rope_kind,
+        rope_scaling=pairs,
+    )
 
 
 def oracle_scores(q_BTNH, k_BTKH, mask: AttentionMask) -> jax.Array:

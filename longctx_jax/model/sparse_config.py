@@ -1,7 +1,8 @@
 """`model.attention.kind` and the `model.attention.sparse` sub-config (learned top-k attention).
 
 Fields (defaults in brackets):
-  attention.kind ["dense"]              "dense" | "sparse_topk" (DeepSeek-V3.2 DSA).
+  attention.kind ["dense"]              "dense" | "sparse_topk" (DeepSeek-V3.2 DSA) | "linear"
+                                        (gated linear attention: model/linear_config.py).
   attention.sparse.stage ["dense_warmup"]  "dense_warmup": dense attention; only the indexer
                                         trains, by the KL loss to the dense attention.
                                         "sparse": each query attends to its top_k keys; everything
@@ -27,7 +28,10 @@ Fields (defaults in brackets):
   attention.sparse.local_window [0]     always keep keys within this distance (0 = off; for
                                         "block", of the anchor).
   attention.sparse.first_tokens [0]     always keep the first positions (attention sinks).
-  attention.sparse.index_heads [4], index_head_dim [32], index_rope_dim [16]  the indexer.
+  attention.sparse.index_heads [4], index_head_dim [32], index_rope_dim [16]  the indexer; its
+                                        first index_rope_dim dims follow the model's position
+                                        scheme (rope_kind, rope_base, rope_scaling evaluated for
+                                        a rotary head of index_rope_dim dims; none under NoPE).
   attention.sparse.loss_weight [1.0]    weight of the indexer loss in the training objective.
 """
 
@@ -37,8 +41,10 @@ import ml_collections
 
 from longctx_jax import checks
 from longctx_jax.attention.sparse import METHODS
+from longctx_jax.model.sparse_block import indexer_rope
+from longctx_jax.positions import rope_frequencies
 
-KINDS = ("dense", "sparse_topk")
+KINDS = ("dense", "sparse_topk", "linear")
 STAGES = ("dense_warmup", "sparse")
 GRANULARITIES = ("token", "block")
 SELECTORS = ("indexer", "oracle")
@@ -65,7 +71,7 @@ def default_sparse_config() -> ml_collections.ConfigDict:
 def validate_sparse_config(cfg) -> None:
     """ValueError naming the `model.attention.*` field unless kind and sparse settings are valid."""
     kind = checks.check_choice("model", "attention.kind", cfg.attention.get("kind", "dense"), KINDS)
-    if kind == "dense":
+    if kind != "sparse_topk":
         return
     sparse = cfg.attention.get("sparse", None)
     if sparse is None:
@@ -97,3 +103,29 @@ def validate_sparse_config(cfg) -> None:
             f"position.kind other than 'alibi' (got logits_soft_cap="
             f"{cfg.attention.logits_soft_cap!r}, position.kind={cfg.position.kind!r})"
         )
+    if cfg.position.kind == "rope" and rope_dim:
+        _check_indexer_rope(cfg)
+
+
+def _check_indexer_rope(cfg) -> None:
+    """ValueError naming index_rope_dim if the model's RoPE scheme, valid for head_dim, does not
+    fit a rotary head of index_rope_dim dims (longrope's factors are sized for the model's rotary
+    dim; NTK needs >= 4 dims). A broken scheme is left to the `model.position` checks."""
+    position = cfg.position
+    scaling = {k: position.rope_scaling[k] for k in position.rope_scaling.keys()}
+    scaling = {k: v for k, v in scaling.items() if v is not None}
+    common = dict(base=position.rope_base, kind=position.rope_kind)
+    try:
+        rope_frequencies(cfg.head_dim, **common, **scaling)
+    except (ValueError, TypeError):
+        return
+    rope = indexer_rope(cfg)
+    try:
+        rope_frequencies(rope["rope_dim"], **common, **dict(rope["rope_scaling"]))
+    except ValueError as e:
+        raise checks.invalid(
+            "model",
+            "attention.sparse.index_rope_dim",
+            rope["rope_dim"],
+            f"a rotary dim that position.rope_kind={position.rope_kind!r} fits ({e})",
+        ) from e

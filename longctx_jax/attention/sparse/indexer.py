@@ -7,6 +7,14 @@ shared by all heads (normalised, so its scale is learned once); the first `rope_
 of queries and keys are rotated by RoPE in the half-split layout (DeepSeek's indexer layout);
 the per-head weights w come from a linear map with no activation. Scores are float32 and -inf
 wherever the `AttentionMask` hides the key.
+
+The rotation follows the model's position scheme, as DeepSeek-V3.2's reference indexer reuses
+its MLA's YaRN-scaled frequencies: `rope_kind`, `rope_base` and `rope_scaling` (Hugging Face
+`rope_parameters` names, as pairs) give `rope_frequencies(rope_dim, ...)` at the input's length,
+i.e. the model's scheme evaluated for a rotary head of `rope_dim` dimensions. Its cos/sin scale
+(YaRN's mscale, LongRoPE's factor) is not applied: DeepSeek puts mscale in the main attention's
+softmax scale, never in the indexer. The layout stays half-split whatever the model's layout
+(DeepSeek's MLA is interleaved, its indexer not). `rope_dim = 0` rotates nothing (NoPE).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ class LightningIndexer(nn.Module):
     head_dim: int = 32
     rope_dim: int = 16
     rope_base: float = 10000.0
+    rope_kind: str = "default"
+    rope_scaling: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs for rope_frequencies
     init_std: float = 0.02
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32
@@ -62,7 +72,13 @@ class LightningIndexer(nn.Module):
         )
         w_BTJ = jnp.einsum("btd,dj->btj", x, ww_DJ).astype(jnp.float32) * (j * i) ** -0.5
         if r:
-            inv_freq, _ = rope_frequencies(r, base=self.rope_base)
+            inv_freq, _ = rope_frequencies(  # the cos/sin scale stays off (module docstring)
+                r,
+                base=self.rope_base,
+                kind=self.rope_kind,
+                seq_len=x_BTD.shape[1],
+                **dict(self.rope_scaling),
+            )
             q_BTJI = apply_rope(q_BTJI, positions_BT, inv_freq, layout="half")
             k_BTI = apply_rope(k_BTI[:, :, None], positions_BT, inv_freq, layout="half")[:, :, 0]
         return q_BTJI, k_BTI.astype(self.dtype), w_BTJ
