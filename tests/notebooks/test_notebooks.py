@@ -3,9 +3,10 @@
 nbclient raises on the first cell that errors, so running is checked by `execute` itself; each
 test then checks the notebook's outputs against values computed here, independently: the run it
 trained (read back from its checkpoint), the float64 numpy forward pass of tests/model (for the
-accuracy and the attention statistics it prints) and the figure it draws.
+accuracies and the attention statistics it prints) and the figures it draws.
 """
 
+import ast
 import base64
 import re
 import struct
@@ -99,6 +100,213 @@ def test_attention_maps_notebook(tmp_path, monkeypatch):
         assert abs(float(loc) - local[layer, head]) <= 0.0051, (what, loc, local[layer, head])
 
 
+def figures(cell) -> list[str]:
+    """The text/plain of each figure a cell shows ("<Figure size WxH with N Axes>")."""
+    return [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"]
+
+
+def answer_rows(example):
+    """(rows, start, end, targets) of a single-needle NIAH example, from its metadata alone: the
+    query row t - 1 of every answer byte t, and the needle sentence holding the value."""
+    meta = example.metadata
+    (needle,) = [n for n in meta["needles"] if n["value"] == meta["answer"]]
+    rows = example.prompt_len - 1 + np.arange(len(meta["answer"]))
+    return rows, needle["start"], needle["end"], example.tokens[rows + 1]
+
+
+def decided(scores_RK, slack) -> np.ndarray:
+    """bool [R]: the row's largest score beats its second by more than `slack` (an argmax that
+    float32 and float64 cannot disagree on)."""
+    top2 = np.sort(scores_RK, axis=-1)[:, -2:]
+    return top2[:, 1] - top2[:, 0] > slack
+
+
+@pytest.mark.slow
+def test_retrieval_notebook(tmp_path, monkeypatch):
+    from longctx_jax.data.tasks import make_niah_example
+
+    monkeypatch.delenv("LONGCTX_RETRIEVAL_RUN", raising=False)
+    setup, grid, example_cell, heads_cell, dilution = execute(
+        "retrieval.ipynb", tmp_path, monkeypatch
+    )
+
+    # 1. The run it trained, as its checkpoint says, and what it evaluates.
+    printed = stdout(setup)
+    found = re.search(r"^(\S+): step (\d+), (\d+) layers x (\d+) heads$", printed, re.M)
+    assert found, printed
+    run = Path(found[1])
+    assert tmp_path in run.parents, f"{run}: not the notebook's own fresh run"
+    model_config, params = load_model(run)
+    layers, heads = model_config.num_layers, model_config.num_heads
+    assert int(found[2]) == checkpoint_steps(run)[-1]
+    assert (int(found[3]), int(found[4])) == (layers, heads)
+    settings = re.search(
+        r"^trained at (\d+) tokens; lengths (\(.*?\)), depths (\(.*?\)), (\d+) examples per "
+        r"cell; attention at (\(.*?\)), (\d+) per \(length, depth\)$",
+        printed,
+        re.M,
+    )
+    assert settings, printed
+    train_len = int(settings[1])
+    lengths, depths = ast.literal_eval(settings[2]), ast.literal_eval(settings[3])
+    num_examples, attention_examples = int(settings[4]), int(settings[6])
+    attention_lengths = ast.literal_eval(settings[5])
+    assert set(attention_lengths) <= set(lengths)
+
+    # The float64 numpy forward of every example the evaluators see (seed 0, index < count).
+    cache = {}
+
+    def reference(length, depth, index):
+        if (length, depth, index) not in cache:
+            example = make_niah_example(0, length, depth, index=index)
+            logits, maps = reference_forward(params, model_config, example.tokens[None, :-1])
+            cache[length, depth, index] = example, logits[0], maps[:, 0]
+        return cache[length, depth, index]
+
+    # 2. The NIAH grids: greedy exact match from the reference logits (a cell may differ only
+    # where some answer byte's top two logits are within 1e-4), YaRN = plain RoPE up to the
+    # training length, and the effective length by its definition.
+    text = stdout(grid)
+    assert text.startswith("depths " + " ".join(str(d) for d in depths) + "\n"), text
+    blocks = re.findall(
+        r"^rope_kind=(\w+): effective length (\d+), accuracy (\S+), answer bytes right (\S+)\n"
+        r"((?:  \d+:.*\n)+)",
+        text,
+        re.M,
+    )
+    assert [b[0] for b in blocks] == ["default", "yarn"], text
+    assert figures(grid) == [f"<Figure size 840x{int(90 + 45 * len(depths))} with 4 Axes>"]
+    table = {}
+    for kind, effective, accuracy, _, body in blocks:
+        cells = np.array(
+            [[float(x) for x in line.split(":")[1].split()] for line in body.split("\n")[:-1]]
+        )
+        assert [int(line.split(":")[0]) for line in body.split("\n")[:-1]] == list(lengths)
+        assert cells.shape == (len(lengths), len(depths))
+        assert np.allclose(cells * num_examples, np.round(cells * num_examples), atol=0.006)
+        assert abs(float(accuracy) - cells.mean()) <= 0.006
+        want = 0
+        for length, row in zip(lengths, cells.mean(1), strict=True):
+            if row < 0.5:
+                break
+            want = length
+        assert int(effective) == want, (kind, effective, cells)
+        table[kind] = cells
+    hits = tokens = unsure = 0
+    for li, length in enumerate(lengths):
+        for di, depth in enumerate(depths):
+            exact, doubtful = 0, 0
+            for index in range(num_examples):
+                example, logits, _ = reference(length, depth, index)
+                rows, _, _, targets = answer_rows(example)
+                right = logits[rows].argmax(-1) == targets
+                sure = decided(logits[rows], 1e-4)
+                exact += bool(right.all())
+                doubtful += not sure.all()
+                hits, tokens, unsure = (
+                    hits + right.sum(),
+                    tokens + len(rows),
+                    unsure + (~sure).sum(),
+                )
+            got = round(table["default"][li, di] * num_examples)
+            assert abs(got - exact) <= doubtful, (length, depth, got, exact)
+    token_accuracy = float(blocks[0][3])
+    assert abs(token_accuracy - hits / tokens) <= unsure / tokens + 0.006, (token_accuracy, hits)
+    short = [i for i, n in enumerate(lengths) if n <= train_len]
+    assert np.array_equal(table["yarn"][short], table["default"][short])
+
+    # 3. One example: its needle, the answer's teacher-forced argmax, the per-head needle mass.
+    example, logits, maps = reference(train_len, 0.5, 0)
+    rows, start, end, targets = answer_rows(example)
+    text = stdout(example_cell)
+    needle = bytes(example.tokens[start:end].astype(np.uint8)).decode()
+    assert f"needle at tokens [{start}, {end}): {needle!r}\n" in text, text
+    predicted = re.search(r"teacher-forced argmax '(\d+)'", text)[1]
+    want = bytes(logits[rows].argmax(-1).astype(np.uint8)).decode()
+    sure = decided(logits[rows], 1e-4)
+    assert all(p == w for p, w, s in zip(predicted, want, sure, strict=True) if s), (
+        predicted,
+        want,
+    )
+    assert figures(example_cell) == [
+        f"<Figure size {300 * heads}x{int(180 * layers)} with {layers * heads} Axes>"
+    ]
+    uniform = float(re.search(r"uniform attention would put (\S+) on the needle", text)[1])
+    assert abs(uniform - np.mean((end - start) / (rows + 1))) <= 0.0006
+    masses = re.findall(r"^layer (\d+) head (\d+): needle mass (\S+)$", text, re.M)
+    assert [(int(a), int(b)) for a, b, _ in masses] == [
+        (layer, head) for layer in range(layers) for head in range(heads)
+    ]
+    want = maps[:, :, rows, start:end].sum(-1).mean(-1)  # [layers, heads]
+    for layer, head, mass in masses:
+        assert abs(float(mass) - want[int(layer), int(head)]) <= 0.0006, (layer, head, mass)
+
+    # 4. Retrieval heads and dilution, from the reference attention of the evaluated rows.
+    per_length = {}
+    for length in attention_lengths:
+        rows_hit, mass, entropy, uniform, log_seen, ambiguous = [], [], [], [], [], []
+        for depth in depths:
+            for index in range(attention_examples):
+                example, _, maps = reference(length, depth, index)
+                rows, start, end, targets = answer_rows(example)
+                a = maps[:, :, rows]  # [layers, heads, R, T]
+                top = a.argmax(-1)
+                rows_hit.append((top >= start) & (top < end) & (example.tokens[top] == targets))
+                ambiguous.append(~decided(a.reshape(-1, a.shape[-1]), 1e-7).reshape(top.shape))
+                mass.append(a[..., start:end].sum(-1))
+                entropy.append(-np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0), -1))
+                uniform.append((end - start) / (rows + 1.0))
+                log_seen.append(np.log(rows + 1.0))
+        per_length[length] = dict(
+            hit=np.concatenate(rows_hit, -1),
+            ambiguous=np.concatenate(ambiguous, -1),
+            mass=np.concatenate(mass, -1),
+            entropy=np.concatenate(entropy, -1),
+            uniform=np.concatenate(uniform).mean(),
+            log_seen=np.concatenate(log_seen).mean(),
+        )
+    hit = np.concatenate([p["hit"] for p in per_length.values()], -1)
+    ambiguous = np.concatenate([p["ambiguous"] for p in per_length.values()], -1)
+    score = hit.mean(-1)
+    slack = ambiguous.mean(-1) + 0.0006
+    head_mass = np.concatenate([p["mass"] for p in per_length.values()], -1).mean(-1)
+
+    text = stdout(heads_cell)
+    assert figures(heads_cell) == [
+        f"<Figure size {int(2 * (180 + 70 * heads))}x{int(120 + 50 * layers)} with 4 Axes>"
+    ]
+    count = re.search(r"^(\d+) retrieval heads \(score >= 0.1\) of (\d+); best heads:$", text, re.M)
+    assert count and int(count[2]) == layers * heads, text
+    sure = np.abs(score - 0.1) > slack
+    assert int(count[1]) >= (score[sure] >= 0.1).sum()
+    assert int(count[1]) <= (score >= 0.1).sum() + (~sure).sum()
+    best = re.findall(r"^layer (\d+) head (\d+): score (\S+), needle mass (\S+)$", text, re.M)
+    assert len(best) == min(5, layers * heads), text
+    fifth = np.sort(score.ravel())[::-1][len(best) - 1]
+    printed_scores = [float(s) for _, _, s, _ in best]
+    assert printed_scores == sorted(printed_scores, reverse=True)
+    for layer, head, s, m in best:
+        lh = int(layer), int(head)
+        assert abs(float(s) - score[lh]) <= slack[lh], (lh, s, score[lh])
+        assert score[lh] >= fifth - 2 * slack.max(), (lh, score[lh], fifth)
+        assert abs(float(m) - head_mass[lh]) <= 0.0006, (lh, m, head_mass[lh])
+
+    assert figures(dilution) == ["<Figure size 1000x340 with 2 Axes>"]
+    lines = re.findall(r"^ *(\d+)((?:  +\S+){5})$", stdout(dilution), re.M)
+    assert [int(n) for n, _ in lines] == list(attention_lengths), stdout(dilution)
+    for n, values in lines:
+        p = per_length[int(n)]
+        mass, best_head, uniform, entropy, ceiling = (float(v) for v in values.split())
+        assert abs(mass - p["mass"].mean()) <= 0.0002, (n, mass, p["mass"].mean())
+        assert abs(best_head - p["mass"].mean(-1).max()) <= 0.0002, (n, best_head)
+        assert abs(uniform - p["uniform"]) <= 0.0002, (n, uniform, p["uniform"])
+        assert abs(entropy - p["entropy"].mean()) <= 0.0005, (n, entropy, p["entropy"].mean())
+        assert abs(ceiling - p["log_seen"]) <= 0.0002, (n, ceiling, p["log_seen"])
+
+
 def test_every_notebook_has_a_test():
     """A new notebook needs a test here that checks what it shows (running is not enough)."""
-    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == ["attention_maps.ipynb"]
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [
+        "attention_maps.ipynb",
+        "retrieval.ipynb",
+    ]
