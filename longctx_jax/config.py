@@ -70,6 +70,24 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def with_defaults(saved: Mapping) -> dict:
+    """A saved config (config.json's dict) with every field that `base_config()` has and it lacks
+    filled in at its default: a run written before a field existed reads as it ran (new fields'
+    defaults keep the old behaviour, e.g. data.task.kind = "none")."""
+    import json
+
+    def fill(defaults, values):
+        out = dict(values)
+        for key, default in defaults.items():
+            if key not in out:
+                out[key] = default
+            elif isinstance(default, dict) and isinstance(out[key], dict):
+                out[key] = fill(default, out[key])
+        return out
+
+    return fill(json.loads(base_config().to_json_best_effort()), saved)
+
+
 def validate_config(config):
     """Raises one one-line ValueError naming the field, its value and what was expected, unless
     `config` is a valid training config; returns the config.

@@ -140,12 +140,15 @@ def build_run(config) -> Run:
 
 
 def read_run_config(workdir) -> ml_collections.ConfigDict:
-    """WORKDIR/config.json (written by the trainer once a run has started) as a ConfigDict."""
+    """WORKDIR/config.json (written by the trainer once a run has started) as a ConfigDict, with
+    fields added since it was written at their defaults (`config.with_defaults`)."""
+    from longctx_jax.config import with_defaults
+
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise ValueError(f"workdir={str(workdir)!r}: no {path} (written by `longctx train`)")
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        return ml_collections.ConfigDict(with_defaults(json.loads(path.read_text())))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 

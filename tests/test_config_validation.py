@@ -144,7 +144,7 @@ def test_quickstart_passes():
 
 
 @pytest.mark.parametrize("size", ["demo", "full"])
-@pytest.mark.parametrize("name", ["position_extrapolation", "sparse_attention"])
+@pytest.mark.parametrize("name", ["position_extrapolation", "sparse_attention", "retrieval"])
 def test_ablation_baselines_and_variants_pass(name, size):
     ablation = load_config_file(f"configs/ablations/{name}.py", size)
     validate_config(ablation.baseline)
@@ -179,3 +179,23 @@ def test_suggest_field_prefers_the_same_name_in_another_section():
     assert suggest_field("train.seq_len", names) == "data.seq_len"
     assert suggest_field("train.stpes", names) == "train.steps"
     assert suggest_field("train.zzz", names) is None
+
+
+def test_a_run_written_before_a_field_existed_reads_with_its_default(tmp_path):
+    import json
+
+    from longctx_jax.run import read_run_config
+    from longctx_jax.train.rundir import as_json, check_resume
+
+    config = base_config()
+    saved = as_json(config)
+    del saved["data"]["task"]
+    del saved["model"]["attention"]["linear"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    read = read_run_config(tmp_path)
+    assert read.data.task.kind == "none"
+    assert read.model.attention.linear.to_dict() == config.model.attention.linear.to_dict()
+    check_resume(tmp_path, config)  # the same run: resumable
+    config.data.task.kind = "mqar"
+    with pytest.raises(ValueError, match="data.task.kind"):
+        check_resume(tmp_path, config)

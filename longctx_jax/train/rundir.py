@@ -66,8 +66,11 @@ def as_json(config) -> dict:
 
 
 def saved_config(workdir) -> dict | None:
+    """config.json as a dict (fields added since it was written at their defaults), or None."""
+    from longctx_jax.config import with_defaults
+
     path = Path(workdir) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return with_defaults(json.loads(path.read_text())) if path.is_file() else None
 
 
 def check_resume(workdir, config) -> None:
