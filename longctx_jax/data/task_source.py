@@ -6,7 +6,8 @@ A *task row* is one task example of exactly `data.seq_len` tokens, in the row fo
   tokens       int32  the example's tokens, then 0 (padding) if the generator made fewer than
                       seq_len (NIAH, passkey and variable tracking fill whole haystack units, so
                       they can end up to one unit short; MQAR is always exactly seq_len).
-  targets      int32  the next token (tokens[1:]), 0 at the last token and on padding.
+  targets      int32  the next target token (`target_tokens()[1:]`: the next token, or MQAR's
+                      value label), 0 at the last token and on padding.
   weights      float32 `TaskExample.loss_weights()`: 1 exactly where the next token is an answer
                       token, 0 elsewhere (the rest of the example is context, not supervised).
   segment_ids  int32  1 on the example, 0 on padding.
@@ -295,7 +296,7 @@ def task_row(example: TaskExample, seq_len) -> dict[str, np.ndarray]:
     tokens = np.zeros(seq_len, np.int32)
     tokens[:n] = example.tokens
     targets = np.zeros(seq_len, np.int32)
-    targets[: n - 1] = example.tokens[1:]
+    targets[: n - 1] = example.target_tokens()[1:]
     weights = np.zeros(seq_len, np.float32)
     weights[:n] = example.loss_weights()
     segment_ids = np.zeros(seq_len, np.int32)

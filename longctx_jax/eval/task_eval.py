@@ -4,19 +4,20 @@
     scores = score_task_examples(predict, params, examples, pad_len=length, batch_size=8)
     scores[0].exact, scores[0].spans, scores[0].token_hits
 
-A `TaskExample` marks its answer tokens; the model predicts tokens[t] at position t - 1. One
+A `TaskExample` marks its answer tokens; the model predicts target[t] at position t - 1
+(`target_tokens()`: tokens[t] itself, or MQAR's value label where the input holds noise). One
 forward pass over tokens[:-1] (right-padded with zeros to `pad_len`) gives g[t - 1] = argmax of the
 logits at t - 1 for every answer token t at once. Per example:
 
-  * `exact`: every answer token right (g[t - 1] == tokens[t] for all masked t). For prompt +
+  * `exact`: every answer token right (g[t - 1] == target[t] for all masked t). For prompt +
     answer tasks (NIAH, passkey, variable tracking) this *is* exact match of greedy decoding of
     len(answer) tokens after the prompt: greedy reproduces the answer iff each teacher-forced
     argmax is right (the induction is in `longctx_jax.eval.passkey_eval`'s docstring; causality
     means right-padding after the last scored position changes nothing).
   * `spans`: per answer span, all its tokens right. For MQAR each span is one query's value,
-    scored given the true tokens before it (the earlier queries and their *true* values): that is
-    MQAR's standard per-query accuracy (Zoology scores every query position in one forward pass),
-    not free-running generation.
+    scored given the tokens before it (the pairs, earlier queries and the noise after them; no
+    value is ever shown after a query): that is MQAR's per-query accuracy (Zoology scores every
+    query position in one forward pass).
   * `token_hits` / `num_tokens`: teacher-forced answer tokens right (partial credit).
 
 Batches have a fixed shape [batch_size, pad_len] (a short last batch is filled with copies of
@@ -90,7 +91,7 @@ def score_row(example: TaskExample, argmax_T: np.ndarray) -> TaskScore:
     """The TaskScore of `example` from the argmax tokens of its teacher-forced pass."""
     targets = np.flatnonzero(example.answer_mask)
     predicted = np.asarray(argmax_T[targets - 1], np.int32)
-    hits = predicted == example.tokens[targets]
+    hits = predicted == example.target_tokens()[targets]
     right = np.zeros(len(example.tokens), bool)
     right[targets] = hits
     return TaskScore(

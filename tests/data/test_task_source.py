@@ -62,7 +62,7 @@ def expected_row(config, index):
     answer_next = np.append(example.answer_mask[1:], False)  # position t predicts tokens[t + 1]
     return example, {
         "tokens": np.pad(example.tokens, (0, pad)),
-        "targets": np.pad(np.append(example.tokens[1:], 0), (0, pad)),
+        "targets": np.pad(np.append(example.target_tokens()[1:], 0), (0, pad)),
         "weights": np.pad(answer_next.astype(np.float32), (0, pad)),
         "segment_ids": np.pad(np.ones(n, np.int32), (0, pad)),
         "positions": np.pad(np.arange(n, dtype=np.int32), (0, pad)),

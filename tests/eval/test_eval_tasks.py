@@ -120,7 +120,7 @@ def next_token_oracle(wrong_at=None):
 def next_tokens(examples, pad_len):
     out = np.zeros((len(examples), pad_len), np.int32)
     for b, e in enumerate(examples):
-        out[b, : len(e.tokens) - 1] = e.tokens[1:]
+        out[b, : len(e.tokens) - 1] = e.target_tokens()[1:]
     return out
 
 

@@ -11,8 +11,13 @@ A `TaskExample` is the whole token sequence a model reads, with its answer token
                             in the `targets`/`weights` convention of `longctx_jax.data.packing`).
                             answer_mask[0] is always False: nothing predicts the first token.
     answer_spans            the [start, end) ranges of the answers in `tokens`, in order; the
-                            mask is their union, so `tokens[answer_mask]` (`answer_tokens`) is
-                            the answers concatenated.
+                            mask is their union, so `target_tokens()[answer_mask]`
+                            (`answer_tokens`) is the answers concatenated.
+    targets      int32 [n] | None   what the model must predict at each position (for position t,
+                            from position t - 1); None: `tokens` itself (the answer is part of the
+                            input, as in NIAH and passkey). MQAR sets it: there the answer is a
+                            label only and the input at its position is noise (zoology's layout);
+                            targets equal tokens everywhere outside the answers.
 
 This is passkey's convention (prompt + answer, answer[i] predicted at prompt_len - 1 + i): greedy
 decoding after `tokens[:prompt_len]` yields the answer iff a teacher-forced pass over `tokens`
@@ -41,6 +46,7 @@ class TaskExample:
     answer_mask: np.ndarray  # bool [n], True at the answer tokens (targets)
     answer_spans: tuple[tuple[int, int], ...]  # [start, end) of each answer, increasing
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    targets: np.ndarray | None = None  # int32 [n]; None: tokens (the answer is in the input)
 
     def __post_init__(self):
         tokens = np.asarray(self.tokens)
@@ -64,13 +70,26 @@ class TaskExample:
             previous_end = end
         if not np.array_equal(mask, expected):
             raise ValueError("answer_mask: expected exactly the union of answer_spans")
+        if self.targets is not None:
+            targets = np.asarray(self.targets)
+            if targets.shape != tokens.shape or targets.dtype != np.int32:
+                raise ValueError(
+                    f"targets: {targets.dtype} {targets.shape}; expected None or int32 "
+                    f"{tokens.shape}"
+                )
+            if not np.array_equal(targets[~mask], tokens[~mask]):
+                raise ValueError("targets: expected to equal tokens outside the answers")
         object.__setattr__(self, "answer_spans", spans)
         object.__setattr__(self, "metadata", dict(self.metadata))  # a dict: picklable (grain)
 
+    def target_tokens(self) -> np.ndarray:
+        """int32 [n]: the token to predict at each position (`targets`, or `tokens` if None)."""
+        return self.tokens if self.targets is None else self.targets
+
     @property
     def answer_tokens(self) -> np.ndarray:
-        """int32 [answer tokens]: the answers concatenated (`tokens[answer_mask]`)."""
-        return self.tokens[self.answer_mask]
+        """int32 [answer tokens]: the answers concatenated (`target_tokens()[answer_mask]`)."""
+        return self.target_tokens()[self.answer_mask]
 
     @property
     def prompt_len(self) -> int:

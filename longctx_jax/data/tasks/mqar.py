@@ -2,9 +2,10 @@
 
 Zoology's `multiquery_ar` layout, one example of exactly `length` tokens:
 
-    k_0 v_0 k_1 v_1 ... k_{P-1} v_{P-1} | query region: slots of two tokens (q, v)
+    k_0 v_0 k_1 v_1 ... k_{P-1} v_{P-1} | query region: slots of two tokens (q, x)
                                           where a slot holds a query, q is a key from the pairs
-                                          and v the value that followed it; other tokens are noise
+                                          and x noise; the value of q is the *label* at x's
+                                          position; all other tokens are noise
 
   * keys are `num_pairs` distinct tokens from `key_range`, values `num_pairs` distinct tokens from
     the disjoint `value_range` (zoology: keys [1, vocab/2), values [vocab/2, vocab); byte level,
@@ -16,11 +17,12 @@ Zoology's `multiquery_ar` layout, one example of exactly `length` tokens:
   * noise (`noise="random"`, zoology's random_non_queries) is uniform over [0, vocab_size), or
     token 0 (`"pad"`); an odd length leaves one more noise token at the end.
 
-The answer mask marks the value after each query: the model predicts it at the query's position.
-One difference from zoology: there the token after a query is noise and the value is only a label
-on the query's position; here the value itself follows the query (so `tokens` + `answer_mask`
-carry the same supervision in this repo's next-token convention, see `TaskExample`). Later
-queries ask other keys, so seeing an answered value gives nothing away.
+The answer mask marks the position after each query, whose *target* (`TaskExample.targets`) is
+the value: the model predicts it at the query's position, in this repo's next-token convention,
+while the input there stays noise. The value is never shown after a query, as in zoology: if it
+were, the later queries of an example could be answered by elimination (a value not yet shown),
+a shortcut fixed-state models can use as well as attention (probes trained on a layout that
+showed the values sat on it: ~0.63 per-query accuracy with 2 pairs, ~0.5 with 4).
 """
 
 from __future__ import annotations
@@ -147,13 +149,15 @@ def make_mqar_example(
     query_positions = (context + 2 * slots[order]).astype(np.int32)
     queried_pairs = asked[order].astype(np.int32)
     tokens[query_positions] = keys[queried_pairs]
-    tokens[query_positions + 1] = values[queried_pairs]
+    targets = tokens.copy()
+    targets[query_positions + 1] = values[queried_pairs]  # labels: the input there stays noise
     mask = np.zeros(length, bool)
     mask[query_positions + 1] = True
     return TaskExample(
         task="mqar",
         tokens=tokens,
         answer_mask=mask,
+        targets=targets,
         answer_spans=tuple((int(q) + 1, int(q) + 2) for q in query_positions),
         metadata=dict(
             keys=keys,

@@ -1,4 +1,5 @@
-"""MQAR: zoology's layout, every query answered by the value that followed its key."""
+"""MQAR: zoology's layout, every query answered by the value that followed its key, a label
+only: no value is shown after a query."""
 
 import numpy as np
 import pytest
@@ -23,11 +24,16 @@ def check_example(example, length, num_pairs, num_queries, key_range, value_rang
         query = position - 1
         assert (query - context) % 2 == 0  # queries sit at the start of a two-token slot
         (pair,) = np.flatnonzero(keys == tokens[query])  # the key appeared exactly once, earlier
-        assert 2 * pair < query and tokens[position] == values[pair]
+        assert 2 * pair < query and example.targets[position] == values[pair]
+    np.testing.assert_array_equal(example.answer_tokens, example.targets[answers])
+    unlabelled = np.ones(length, bool)
+    unlabelled[answers] = False
+    np.testing.assert_array_equal(example.targets[unlabelled], tokens[unlabelled])
+    # no value appears in the query region except as noise (with pad noise: never)
     if noise == "pad":
         rest = np.ones(length, bool)
         rest[:context] = False
-        rest[answers] = rest[answers - 1] = False
+        rest[answers - 1] = False
         assert (tokens[rest] == 0).all()
 
 

@@ -54,14 +54,14 @@ def test_mask_marks_exactly_the_answers(seed, name):
         spans[start:end] = True
     np.testing.assert_array_equal(mask, spans)
     assert not mask[0]
-    np.testing.assert_array_equal(example.answer_tokens, tokens[mask])
-    # Position t predicts tokens[t + 1]: the loss weights are the mask shifted left by one.
+    np.testing.assert_array_equal(example.answer_tokens, example.target_tokens()[mask])
+    # Position t predicts target_tokens()[t + 1]: the loss weights are the mask shifted left by one.
     weights = example.loss_weights()
     assert weights.dtype == np.float32
     np.testing.assert_array_equal(np.flatnonzero(weights) + 1, np.flatnonzero(mask))
-    if name == "mqar":
+    if name == "mqar":  # the values are labels; the input after a query is noise
         np.testing.assert_array_equal(
-            tokens[mask], example.metadata["values"][example.metadata["queried_pairs"]]
+            example.answer_tokens, example.metadata["values"][example.metadata["queried_pairs"]]
         )
     else:  # prompt + answer: the answer is the last tokens, and decodes to the answer text
         assert example.answer_spans == ((example.prompt_len, len(tokens)),)
@@ -90,3 +90,12 @@ def test_bad_task_examples():
         TaskExample("t", tokens.astype(np.int64), mask, ((3, 5),))
     with pytest.raises(ValueError, match="answer_mask: int"):
         TaskExample("t", tokens, mask.astype(int), ((3, 5),))
+    labelled = TaskExample(
+        "t", tokens, mask, ((3, 5),), targets=np.array([0, 1, 2, 9, 8, 5], np.int32)
+    )
+    np.testing.assert_array_equal(labelled.answer_tokens, [9, 8])
+    np.testing.assert_array_equal(labelled.tokens, tokens)  # the input keeps its own tokens
+    with pytest.raises(ValueError, match="targets: expected to equal tokens outside"):
+        TaskExample("t", tokens, mask, ((3, 5),), targets=np.array([7, 1, 2, 9, 8, 5], np.int32))
+    with pytest.raises(ValueError, match="targets: int64"):
+        TaskExample("t", tokens, mask, ((3, 5),), targets=tokens.astype(np.int64))
