@@ -266,19 +266,32 @@ def start_order(variants: dict) -> list[str]:
     return order
 
 
-def train_variants(ablation, workdir: Path) -> dict:
+def train_variants(ablation, workdir: Path, *, seeds=None) -> dict:
     """Trains (or resumes) every variant in `start_order`, each in workdir/<name>; returns
-    {name: (config, its workdir)}."""
+    {name: (config, its workdir)}.
+
+    With `seeds` (a sequence of ints), every variant trains once per seed s in
+    workdir/<name>/seed_<s>, with `train.seed` and `data.seed` set to s (a variant starting from
+    "@parent" starts from the same seed's parent); returns {(name, s): (config, its workdir)}.
+    """
     from longctx_jax.train.loop import train
 
     workdir = Path(workdir)
     out = {}
     variants = checked_variants(ablation)
-    for name in start_order(variants):
-        config = variants[name][0].copy_and_resolve_references()
-        if config.train.init_from.startswith("@"):
-            config.train.init_from = str(workdir / config.train.init_from[1:])
-        print(f"== training {name}")
-        train(config, workdir / name)
-        out[name] = (config, workdir / name)
+    for seed in [None] if seeds is None else list(seeds):
+        for name in start_order(variants):
+            config = variants[name][0].copy_and_resolve_references()
+            run_dir = workdir / name if seed is None else workdir / name / f"seed_{seed}"
+            parent = config.train.init_from
+            if parent.startswith("@"):
+                parent_dir = workdir / parent[1:]
+                config.train.init_from = str(
+                    parent_dir if seed is None else parent_dir / f"seed_{seed}"
+                )
+            if seed is not None:
+                config.train.seed = config.data.seed = int(seed)
+            print(f"== training {name}" + ("" if seed is None else f" (seed {seed})"))
+            train(config, run_dir)
+            out[name if seed is None else (name, seed)] = (config, run_dir)
     return out
