@@ -28,6 +28,7 @@ import ml_collections
 
 from longctx_jax.config import base_config
 from longctx_jax.eval.registry import eval_config
+from longctx_jax.model.sparse_config import dense_with_indexer
 
 SIZES = {
     "demo": dict(
@@ -100,10 +101,7 @@ def baseline(size):
     config.model.num_kv_heads = s["heads"]
     config.model.head_dim = s["width"] // s["heads"]
     config.model.mlp_dim = 2 * s["width"]
-    config.model.attention.kind = "sparse_topk"
-    config.model.attention.sparse.stage = "sparse"
-    config.model.attention.sparse.top_k = s["seq_len"]  # every key: dense attention
-    config.model.attention.sparse.loss_weight = 0.0
+    dense_with_indexer(config.model, s["seq_len"])
     config.data.seq_len = s["seq_len"]
     config.data.batch_size = s["batch"]
     config.data.task.kind = "mqar"

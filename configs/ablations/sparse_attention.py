@@ -27,6 +27,7 @@ cosine ends at 10% of the peak (train/optimizer.py), so 0.1 is the same rule at 
 import ml_collections
 
 from longctx_jax.config import base_config
+from longctx_jax.model.sparse_config import dense_with_indexer
 
 # Train length, key budget, model size, batch, steps per stage, the sparse stages' learning rate
 # as a fraction of the pretraining peak, evaluation documents and recall ks.
@@ -70,10 +71,7 @@ def baseline(size):
     config.model.num_kv_heads = 4
     config.model.head_dim = s["width"] // 4
     config.model.mlp_dim = 4 * s["width"]
-    config.model.attention.kind = "sparse_topk"
-    config.model.attention.sparse.stage = "sparse"
-    config.model.attention.sparse.top_k = s["seq_len"]  # every key: dense attention
-    config.model.attention.sparse.loss_weight = 0.0
+    dense_with_indexer(config.model, s["seq_len"])
     config.data.seq_len = s["seq_len"]
     config.data.batch_size = s["batch"]
     stage_steps(config, s["pretrain"])

@@ -68,6 +68,16 @@ def default_sparse_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def dense_with_indexer(model_config, seq_len: int) -> None:
+    """Sets `model_config` to `sparse_topk` keeping every key of `seq_len`: exactly dense
+    attention, with an indexer present (loss weight 0: it does not train) that a later stage can
+    warm up from this model's checkpoint (the dense stage of the staged sparse ablations)."""
+    model_config.attention.kind = "sparse_topk"
+    model_config.attention.sparse.stage = "sparse"
+    model_config.attention.sparse.top_k = seq_len
+    model_config.attention.sparse.loss_weight = 0.0
+
+
 def validate_sparse_config(cfg) -> None:
     """ValueError naming the `model.attention.*` field unless kind and sparse settings are valid."""
     kind = checks.check_choice("model", "attention.kind", cfg.attention.get("kind", "dense"), KINDS)
