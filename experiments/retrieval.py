@@ -8,6 +8,8 @@ Trains every variant at every seed (`train_variants(..., seeds=ablation.seeds)`)
               the effective length (the longest length whose accuracy, and every shorter one's,
               is >= EFFECTIVE_THRESHOLD). Variants that select every key at the training length
               (dense, dense_ft) select every key at every length (top_k follows the length);
+  width       accuracy by #pairs for dense and linear at every width (`<name>_w<width>`
+              variants), with the linear state's bytes;
   niah        (sizes that have the niah variant) the `niah` evaluator's accuracy grid
               [lengths][depths], plain and with eval-time YaRN, averaged over seeds, and its
               effective length per seed.
@@ -59,6 +61,23 @@ def model_at_length(model_config, train_len: int, length: int):
     return config
 
 
+def pair_rows(by_pairs: dict, **fields) -> list[dict]:
+    """One results row per #pairs: `fields`, num_pairs, per-seed accuracies, mean and 95% CI."""
+    rows = []
+    for p, values in by_pairs.items():
+        stats = ci(values)
+        rows.append(
+            dict(
+                **fields,
+                num_pairs=p,
+                accuracy_per_seed=values,
+                accuracy_mean=stats["mean"],
+                accuracy_ci95=stats["ci95"],
+            )
+        )
+    return rows
+
+
 def evaluate_mqar(ablation, trained: dict) -> dict:
     """Accuracy by #pairs at the training length and by length at the middle #pairs."""
     seeds = list(ablation.seeds)
@@ -84,17 +103,7 @@ def evaluate_mqar(ablation, trained: dict) -> dict:
                 model = model_at_length(model_config, train_len, n)
                 scalars, _ = mqar(cfg, model, params, config.data, progress=False)
                 at_length[n].append(scalars[f"accuracy@{middle}"])
-        for p in pairs:
-            stats = ci(by_pairs[p])
-            rows.append(
-                dict(
-                    variant=name,
-                    num_pairs=p,
-                    accuracy_per_seed=by_pairs[p],
-                    accuracy_mean=stats["mean"],
-                    accuracy_ci95=stats["ci95"],
-                )
-            )
+        rows += pair_rows(by_pairs, variant=name)
         effective = [
             effective_length(lengths, [at_length[n][i] for n in lengths], EFFECTIVE_THRESHOLD)
             for i in range(len(seeds))
@@ -113,6 +122,39 @@ def evaluate_mqar(ablation, trained: dict) -> dict:
             )
         )
     return dict(train_len=train_len, num_pairs=pairs, rows=rows, by_length=by_length)
+
+
+def evaluate_width(ablation, trained: dict, mqar_rows: list[dict]) -> list[dict]:
+    """MQAR accuracy by #pairs for dense and linear at every width (the `<name>_w<width>`
+    variants; the main ones' rows from `mqar_rows`), with the linear state's bytes per layer."""
+    base = ablation.baseline.model.embed_dim
+    widths = sorted({base} | {int(n.rsplit("_w", 1)[1]) for n in ablation.variants if "_w" in n})
+    pairs = list(ablation.mqar_eval.num_pairs)
+    rows = []
+    for family in ("dense", "linear"):
+        for width in widths:
+            name = family if width == base else f"{family}_w{width}"
+            config = trained[(name, ablation.seeds[0])][0]
+            state = state_bytes_per_layer(config.model) if family == "linear" else None
+            if width == base:
+                rows += [
+                    dict(r, width=width, state_bytes=state)
+                    for r in mqar_rows
+                    if r["variant"] == family
+                ]
+                continue
+            by_pairs = {p: [] for p in pairs}
+            for seed in ablation.seeds:
+                config, run_dir = trained[(name, seed)]
+                print(f"== evaluating {name} (seed {seed})")
+                model_config, params = load_model(run_dir)
+                scalars, _ = registry.get("mqar").run(
+                    ablation.mqar_eval, model_config, params, config.data, progress=False
+                )
+                for p in pairs:
+                    by_pairs[p].append(scalars[f"accuracy@{p}"])
+            rows += pair_rows(by_pairs, variant=family, width=width, state_bytes=state)
+    return rows
 
 
 def evaluate_niah(ablation, trained: dict) -> dict:
@@ -195,6 +237,20 @@ def format_table(results) -> str:
             + "; effective length "
             + _fmt_ci(result["effective_length_mean"], result["effective_length_ci95"])
         )
+    widths = sorted({r["width"] for r in results["by_width"]})
+    if len(widths) > 1:
+        lines.append(f"MQAR accuracy by width (mean over seeds) at {pairs} pairs")
+        for row_name in ("dense", "linear"):
+            for width in widths:
+                cells = [
+                    r
+                    for r in results["by_width"]
+                    if r["variant"] == row_name and r["width"] == width
+                ]
+                line = f"{row_name} w{width:<5}" + "".join(
+                    f"{_fmt_ci(r['accuracy_mean'], r['accuracy_ci95']):>24}" for r in cells
+                )
+                lines.append(line)
     sb = results["state_bytes"]
     lines.append(
         f"per layer: linear state {sb['linear_state']} bytes; float32 KV cache at the training "
@@ -214,6 +270,7 @@ def run(ablation, workdir) -> dict:
         niah=evaluate_niah(ablation, trained) if "niah" in ablation.variants else None,
         state_bytes=state_bytes(ablation, trained),
     )
+    results["by_width"] = evaluate_width(ablation, trained, results["mqar"]["rows"])
     results["rows"] = results["mqar"]["rows"]
     write_results(workdir / "results.json", results, seeds=list(ablation.seeds))
     from longctx_jax.viz.retrieval_ablation import plot_retrieval_ablation

@@ -19,7 +19,11 @@ def test_variants_change_one_knob_each(size):
     variants = checked_variants(ablation)
     expected = {"dense", "warmup", "dsa", "window", "oracle", "linear"}
     if size == "full":
-        expected |= {"dense_ft", "niah"}
+        expected |= {"dense_ft", "niah", "dense_w64", "linear_w64"}
+        narrow, linear = variants["linear_w64"][1], variants["linear"][1]
+        widths = {"model.embed_dim", "model.head_dim", "model.mlp_dim"}
+        assert set(narrow) == set(linear) | widths
+        assert narrow["model.embed_dim"] == (128, 64)
     assert set(variants) == expected
     assert runner.mqar_variants(ablation) == [n for n in runner.MQAR_VARIANTS if n in expected]
     order = start_order(variants)
@@ -86,8 +90,15 @@ def fake_results():
         effective_length_mean=256.0,
         effective_length_ci95=[-295.0, 807.0],
     )
+    by_width = [
+        dict(r, width=w, state_bytes=(w * 64 if r["variant"] == "linear" else None))
+        for w in (64, 128)
+        for r in rows
+        if r["variant"] in ("dense", "linear")
+    ]
     return dict(
         ablation="retrieval_test",
+        by_width=by_width,
         seeds=[0, 1, 2],
         top_k=8,
         mqar=dict(train_len=64, num_pairs=pairs, rows=rows, by_length=by_length),
@@ -112,11 +123,15 @@ def test_table_and_figure_from_a_hand_made_result(tmp_path):
         assert name in table
     assert "0.850 [" in table  # dense at 4 pairs: mean of 0.9, 0.8, 0.85 with its interval
     assert "effective length" in table and "8192 bytes" in table
+    assert "linear w64" in table
     runner_figure = tmp_path / "figure.png"
     from longctx_jax.viz.retrieval_ablation import plot_retrieval_ablation
 
     plot_retrieval_ablation(results, runner_figure)
     assert runner_figure.stat().st_size > 10_000
+    results["niah"], results["by_width"] = None, results["by_width"][:2]  # the demo's form
+    plot_retrieval_ablation(results, tmp_path / "demo.png")
+    assert "NIAH" not in runner.format_table(results)
 
 
 def test_model_at_length_keeps_dense_variants_dense():

@@ -13,6 +13,7 @@ Variants (every one trained at each seed in `seeds`; `train.seed` = `data.seed` 
   dense_ft, dsa, window, oracle   from warmup, the same steps each, at the sparse stage's
             learning rate: every key (the control for the extra steps), the indexer's top k,
             the k nearest keys, the k keys with the most head-summed dense attention.
+  dense_wW, linear_wW   (full size) dense and linear at width W (`widths`), for accuracy vs width.
   linear    the gated linear-attention mixer (`attention.kind="linear"`, a fixed state of
             heads x head_dim^2 numbers per layer) trained from scratch for as many steps as
             dense + warmup + one sparse stage.
@@ -52,6 +53,7 @@ SIZES = {
         eval_examples=64,
         length_multiples=(1, 2),
         controls=False,
+        widths=(),
     ),
     "full": dict(
         seq_len=32,
@@ -74,6 +76,7 @@ SIZES = {
         eval_examples=128,
         length_multiples=(1, 2, 4),
         controls=True,
+        widths=(64,),
         niah_len=384,
         niah_steps=300,
         niah_batch=8,
@@ -200,6 +203,15 @@ def get_config(size="full"):
     )
     if s["controls"]:  # the staged variants' extra steps, with every key
         variants["dense_ft"] = stage(size, "@warmup", sparse_steps, learning_rate=sparse_lr)
+    for width in s["widths"]:  # accuracy vs model width: dense and linear at other widths
+        for name, base in (("dense", baseline(size)), ("linear", linear)):
+            config = base.copy_and_resolve_references()
+            config.model.embed_dim = width
+            config.model.head_dim = width // s["heads"]
+            config.model.mlp_dim = 2 * width
+            changes = ("model.embed_dim", "model.head_dim", "model.mlp_dim")
+            changes += variants[name].changes
+            variants[f"{name}_w{width}"] = variant(config, *changes)
     ablation.niah_evals = {}
     if "niah_len" in s:  # a dense model trained on NIAH, for the depth x length grid
         niah = baseline(size)

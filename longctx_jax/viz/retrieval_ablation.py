@@ -36,10 +36,48 @@ def _errorbars(ax, x, means, intervals, offset, label, style):
     )
 
 
+def _plot_width(ax, by_width, widths) -> None:
+    """Accuracy at the largest #pairs vs model width, dense and linear (state bytes marked)."""
+    hardest = max(r["num_pairs"] for r in by_width)
+    for shift, name in zip((-0.03, 0.03), ("dense", "linear"), strict=True):
+        rows = sorted(
+            (r for r in by_width if r["variant"] == name and r["num_pairs"] == hardest),
+            key=lambda r: r["width"],
+        )
+        _errorbars(
+            ax,
+            [r["width"] for r in rows],
+            [r["accuracy_mean"] for r in rows],
+            [r["accuracy_ci95"] for r in rows],
+            2**shift,
+            name,
+            STYLES[name],
+        )
+        for r in rows:
+            if r["state_bytes"]:
+                ax.annotate(
+                    f"{r['state_bytes'] // 1024} KiB",
+                    (r["width"], r["accuracy_mean"]),
+                    textcoords="offset points",
+                    xytext=(6, -12),
+                    fontsize=8,
+                    color=STYLES[name]["color"],
+                )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_xlabel("model width (linear: state per layer)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"MQAR at {hardest} pairs by width", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
 def plot_retrieval_ablation(results, path) -> None:
     mqar, niah = results["mqar"], results["niah"]
     evals = list(niah["evals"].items()) if niah else []
-    fig, axes = plt.subplots(1, 2 + len(evals), figsize=(6.2 * 2 + 4.2 * len(evals), 4.6))
+    by_width = results.get("by_width", [])
+    widths = sorted({r["width"] for r in by_width})
+    panels = 2 + (len(widths) > 1) + len(evals)
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * 2 + 4.6 * (panels - 2), 4.6))
     variants = list(dict.fromkeys(row["variant"] for row in mqar["rows"]))
     spread = np.linspace(-0.06, 0.06, len(variants))  # log-x offsets: no curve hides another
 
@@ -85,7 +123,9 @@ def plot_retrieval_ablation(results, path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
 
-    for ax, (_, result) in zip(axes[2:], evals, strict=True):
+    if len(widths) > 1:
+        _plot_width(axes[2], by_width, widths)
+    for ax, (_, result) in zip(axes[panels - len(evals) :], evals, strict=True):
         title = "NIAH, dense" + (
             f" + eval-time {result['rope_kind']}" if result["rope_kind"] != "default" else ""
         )
