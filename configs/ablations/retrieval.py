@@ -13,12 +13,16 @@ Variants (every one trained at each seed in `seeds`; `train.seed` = `data.seed` 
   dense_ft, dsa, window, oracle   from warmup, the same steps each, at the sparse stage's
             learning rate: every key (the control for the extra steps), the indexer's top k,
             the k nearest keys, the k keys with the most head-summed dense attention.
-  dense_wW, linear_wW   (full size) dense and linear at width W (`widths`), for accuracy vs width.
   linear    the gated linear-attention mixer (`attention.kind="linear"`, a fixed state of
             heads x head_dim^2 numbers per layer) trained from scratch for as many steps as
             dense + warmup + one sparse stage.
+  dense_wW, linear_wW   (full size) dense and linear at width W (`widths`), for accuracy vs width.
   niah      a dense model trained on single-needle NIAH rows (noise haystack) at `niah_len`;
             evaluated at 1x..4x that length, with and without eval-time YaRN.
+
+The MQAR task: T = 32 tokens, keys and values from 16 tokens each, token 0 between the query
+slots; these are what let dense attention leave the 1/P plateau within a few hundred steps on a
+CPU (docs/retrieval.md has the probes: 32 keys or T = 64 stay on it for 800-1,200 steps).
 
 Expected (zoology's picture): attention solves every #pairs; the linear mixer falls as the pairs
 outgrow its state; the window fails on queries whose pair sits outside it; DSA matches dense when
@@ -59,15 +63,15 @@ SIZES = {
         seq_len=32,
         train_pairs=(2, 4, 8),
         eval_pairs=(2, 4, 8),
-        key_range=(1, 33),
-        value_range=(128, 160),
+        key_range=(1, 17),
+        value_range=(128, 144),
         layers=2,
         width=128,
         heads=8,
         batch=32,
         learning_rate=3e-3,
         warmup_steps=200,
-        steps=1200,
+        steps=1500,
         warmup=100,
         sparse=200,
         sparse_lr_fraction=0.1,
@@ -76,7 +80,7 @@ SIZES = {
         eval_examples=128,
         length_multiples=(1, 2, 4),
         controls=True,
-        widths=(64,),
+        widths=(),  # e.g. (64,): dense and linear also at width 64
         niah_len=384,
         niah_steps=300,
         niah_batch=8,
