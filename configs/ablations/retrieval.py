@@ -39,7 +39,7 @@ SIZES = {
     "demo": dict(
         seq_len=32,
         train_pairs=(2, 4),
-        eval_pairs=(2, 4),
+        eval_pairs=(2, 4, 8),
         key_range=(1, 17),
         value_range=(128, 144),
         layers=2,
@@ -61,7 +61,7 @@ SIZES = {
     ),
     "full": dict(
         seq_len=32,
-        train_pairs=(2, 4, 8),
+        train_pairs=(2, 4),
         eval_pairs=(2, 4, 8),
         key_range=(1, 17),
         value_range=(128, 144),
