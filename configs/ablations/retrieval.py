@@ -3,7 +3,7 @@ dense attention, a sliding window, DSA (learned top-k), oracle top-k and a fixed
 mixer, at several seeds; plus a NIAH depth x length grid for a dense model trained on NIAH.
 
   longctx ablate --config configs/ablations/retrieval.py:demo   # RUN_TIME_DEMO
-  longctx ablate --config configs/ablations/retrieval.py        # RUN_TIME_FULL
+  longctx ablate --config configs/ablations/retrieval.py        # full: about 45 min on 2 CPU cores
 
 Variants (every one trained at each seed in `seeds`; `train.seed` = `data.seed` = the seed):
   dense     sparse_topk selecting every key (exactly dense attention; the indexer is present but
