@@ -2,7 +2,7 @@
 dense attention, a sliding window, DSA (learned top-k), oracle top-k and a fixed-state linear
 mixer, at several seeds; plus a NIAH depth x length grid for a dense model trained on NIAH.
 
-  longctx ablate --config configs/ablations/retrieval.py:demo   # RUN_TIME_DEMO
+  longctx ablate --config configs/ablations/retrieval.py:demo   # about 12 min on 2 CPU cores
   longctx ablate --config configs/ablations/retrieval.py        # full: about 45 min on 2 CPU cores
 
 Variants (every one trained at each seed in `seeds`; `train.seed` = `data.seed` = the seed):
