@@ -15,6 +15,7 @@ from longctx_jax.data.tasks.passkey import make_passkey_example
 from longctx_jax.eval.evaluators.perplexity import _check_lengths
 from longctx_jax.eval.passkey_eval import passkey_accuracy
 from longctx_jax.eval.registry import register
+from longctx_jax.eval.task_eval import check_depths_field, check_int_field
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -25,19 +26,9 @@ def defaults() -> ml_collections.ConfigDict:
 
 def validate(prefix, cfg, data_config) -> None:
     _check_lengths(prefix, cfg.lengths)
-    depths = cfg.depths
-    if (
-        not isinstance(depths, tuple | list)
-        or not depths
-        or any(
-            isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x <= 1 for x in depths
-        )
-    ):
-        raise ValueError(f"{prefix}.depths={depths!r}: expected a tuple of numbers in [0, 1]")
+    check_depths_field(prefix, cfg)
     for name, minimum in (("num_examples", 1), ("digits", 1), ("seed", 0), ("batch_size", 1)):
-        value = cfg[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{prefix}.{name}={value!r}: expected an integer >= {minimum}")
+        check_int_field(prefix, cfg, name, minimum)
     lengths = cfg.lengths or ((data_config.seq_len,) if data_config is not None else ())
     for length in lengths:  # a prompt must fit the intro, the needle and the question
         try:
