@@ -108,17 +108,19 @@ def evaluate_mqar(ablation, trained: dict) -> dict:
             effective_length(lengths, [at_length[n][i] for n in lengths], EFFECTIVE_THRESHOLD)
             for i in range(len(seeds))
         ]
+        per_length = [ci(at_length[n]) for n in lengths]
+        effective_stats = ci(effective)
         by_length.append(
             dict(
                 variant=name,
                 num_pairs=middle,
                 lengths=lengths,
                 accuracy_per_seed=[at_length[n] for n in lengths],
-                accuracy_mean=[ci(at_length[n])["mean"] for n in lengths],
-                accuracy_ci95=[ci(at_length[n])["ci95"] for n in lengths],
+                accuracy_mean=[stats["mean"] for stats in per_length],
+                accuracy_ci95=[stats["ci95"] for stats in per_length],
                 effective_length_per_seed=effective,
-                effective_length_mean=ci(effective)["mean"],
-                effective_length_ci95=ci(effective)["ci95"],
+                effective_length_mean=effective_stats["mean"],
+                effective_length_ci95=effective_stats["ci95"],
             )
         )
     return dict(train_len=train_len, num_pairs=pairs, rows=rows, by_length=by_length)
