@@ -11,6 +11,14 @@ Positions and segment ids ride in the `AttentionMask`, so packed documents, perm
 context-parallel chunks need no special case here. `attend` is the only place attention is
 computed: when the current mesh (`jax.set_mesh`) and logical rules shard `length` over more than
 one device, it calls `context_parallel_attention` with the `attention.context_parallel` strategy.
+`attention.window` (sliding window) rides in the mask too.
+
+Decoding with a KV cache (`cache=` a layer cache from longctx_jax/inference/cache.py): the block
+computes q, k, v (RoPE at `cache.rope_length`, a static length, so that dynamic NTK and LongRoPE
+rotate as a forward pass of that length does) and the indexer's features, and hands them to
+`cache.attend(...)` (softmax kinds) or `cache.mix(...)` (the linear mixer), which attends over
+the cached tokens and the new ones and returns (output, the updated cache). The model never
+imports the inference package; the cache object carries that logic.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from longctx_jax.attention.ring import context_parallel_attention
 from longctx_jax.model.config import rope_scaling_kwargs
 from longctx_jax.model.layers import normal_init
 from longctx_jax.model.linear_mixer import GatedLinearAttention
-from longctx_jax.model.sparse_block import sparse_topk_attention
+from longctx_jax.model.sparse_block import lightning_indexer, sparse_topk_attention
 from longctx_jax.positions import alibi_slopes, apply_rope, rope_frequencies
 
 
@@ -102,7 +110,10 @@ class SelfAttention(nn.Module):
     cfg: object  # a validated, frozen model config (see `DecoderLM`)
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT=None, capture_attention=False):
+    def __call__(
+        self, x_BTD, positions_BT, segment_ids_BT=None, capture_attention=False, cache=None
+    ):
+        """Output [B, T, embed]; with `cache`, (output, updated cache) (module docstring)."""
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         d, n, kh, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -121,8 +132,9 @@ class SelfAttention(nn.Module):
         k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wk_DKH)
         v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wv_DKH)
 
+        rope_length = x_BTD.shape[1] if cache is None else cache.rope_length
         if cfg.position.kind == "rope":
-            inv_freq, attention_factor = rope_for_length(cfg, x_BTD.shape[1])
+            inv_freq, attention_factor = rope_for_length(cfg, rope_length)
             rope = dict(attention_factor=attention_factor, layout=cfg.position.layout)
             q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, **rope)
             k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, **rope)
@@ -132,8 +144,15 @@ class SelfAttention(nn.Module):
         k_BTKH = nn.with_logical_constraint(k_BTKH, kv_names)
         v_BTKH = nn.with_logical_constraint(v_BTKH, kv_names)
 
+        if cache is not None:
+            out_BTNH, cache = self._with_cache(
+                cache, x_BTD, q_BTNH, k_BTKH, v_BTKH, positions_BT, segment_ids_BT, rope_length
+            )
+            return jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD), cache
+
         mask = AttentionMask(
             causal=True,
+            window=cfg.attention.window,
             q_positions=positions_BT,
             kv_positions=positions_BT,
             q_segment_ids=segment_ids_BT,
@@ -161,6 +180,19 @@ class SelfAttention(nn.Module):
             out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture)
         out_BTNH = nn.with_logical_constraint(out_BTNH, ("batch", "length", "heads", "head_dim"))
         return jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD)
+
+    def _with_cache(self, cache, x_BTD, q, k, v, positions_BT, segment_ids_BT, rope_length):
+        """(output [B, T, N, H], updated cache) for the new tokens x against `cache`."""
+        cfg = self.cfg
+        if cfg.attention.kind == "linear":
+            return cache.mix(GatedLinearAttention(cfg, name="linear"), x_BTD, q, k, v, segment_ids_BT)
+        features = None
+        if cfg.attention.kind == "sparse_topk":
+            indexer = lightning_indexer(cfg, name="indexer")
+            features = indexer(x_BTD, positions_BT, seq_len=rope_length)
+        return cache.attend(
+            q, k, v, positions=positions_BT, segment_ids=segment_ids_BT, index_features=features
+        )
 
     def _capture(self, name: str, value: jax.Array) -> None:
         self.sow("intermediates", name, value)

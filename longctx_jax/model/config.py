@@ -24,6 +24,8 @@ Fields (defaults in brackets):
   remat [False]           recompute each block in the backward pass (activation checkpointing).
   attention.impl ["auto"]             an `longctx_jax.attention.IMPLEMENTATIONS` name.
   attention.logits_soft_cap [None]    float c > 0: logits -> c * tanh(logits / c).
+  attention.window [None]             int w >= 1: sliding-window attention (a query sees the w
+                                      latest positions, itself included); None = unbounded.
   attention.context_parallel ["ring"] how attention runs when the mesh shards `length` over
                                       more than one device: "ring" | "all_gather"
                                       (`longctx_jax.attention.ring.STRATEGIES`).
@@ -96,6 +98,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.attention = ml_collections.ConfigDict()
     cfg.attention.impl = "auto"
     cfg.attention.logits_soft_cap = config_dict.placeholder(float)
+    cfg.attention.window = config_dict.placeholder(int)
     cfg.attention.context_parallel = "ring"
     cfg.attention.kind = "dense"
     cfg.attention.sparse = default_sparse_config()
@@ -158,6 +161,16 @@ def validate_model_config(cfg) -> None:
             expected="None or a finite float > 0",
         )
 
+    window = _get(cfg, "attention.window")
+    if window is not None:
+        checks.check_positive_int("model", "attention.window", window)
+        if _get(cfg, "attention.kind") == "linear":
+            raise checks.invalid(
+                "model",
+                "attention.window",
+                window,
+                "None with attention.kind='linear' (the mixer has no attention window)",
+            )
     kind = checks.check_choice("model", "position.kind", _get(cfg, "position.kind"), POSITION_KINDS)
     validate_sparse_config(cfg)
     validate_linear_config(cfg)

@@ -100,6 +100,7 @@ def chunked_linear_attention(
     segment_ids_BT=None,
     chunk_size: int = 64,
     return_state: bool = False,
+    initial_state=None,
 ):
     """o_t = q_t S_t with S_t = exp(g_t) S_{t-1} + k_t^T v_t, S reset where segment ids change.
 
@@ -107,7 +108,8 @@ def chunked_linear_attention(
     log_decay g [B, T, K] <= 0 (finite). Returns o float32 [B, T, N, V] and, with
     `return_state`, also the state after the last token, float32 [B, K, H, V] (float64 for
     float64 inputs). No feature map or normalisation here (the layer applies them). T need not
-    be a multiple of chunk_size.
+    be a multiple of chunk_size. `initial_state` [B, K, H, V] (default zeros) is the state before
+    the first token, read by the tokens of the row's first document (a KV-cache decode step).
     """
     _check_inputs(q_BTNH, k_BTKH, v_BTKV, log_decay_BTK, segment_ids_BT, chunk_size)
     b, t, n, hk = q_BTNH.shape
@@ -168,7 +170,7 @@ def chunked_linear_attention(
 
     final_BKHV, before_CBKHV = jax.lax.scan(
         step,
-        jnp.zeros((b, kh, hk, hv), f32),
+        jnp.zeros((b, kh, hk, hv), f32) if initial_state is None else initial_state.astype(f32),
         (jnp.moveaxis(survive_BCK, 1, 0), jnp.moveaxis(u_BCKHV, 1, 0)),
     )
     before_BCKHV = jnp.moveaxis(before_CBKHV, 0, 1)
@@ -210,7 +212,10 @@ class GatedLinearAttention(nn.Module):
     cfg: Any  # a validated, frozen model config with attention.kind == "linear"
 
     @nn.compact
-    def __call__(self, x_BTD, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT=None):
+    def __call__(self, x_BTD, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT=None, state=None, valid=None):
+        """Output [B, T, N, H]; with `state` (the recurrent state [B, K, H, H] before these
+        tokens, for decoding) also the state after them. `valid` bool [B, T]: False tokens
+        (padding) leave the state unchanged (no write, no decay)."""
         cfg = self.cfg
         linear = cfg.attention.linear
         param_dtype = jnp.dtype(cfg.param_dtype)
@@ -235,15 +240,24 @@ class GatedLinearAttention(nn.Module):
         f32 = jnp.float32
         gate_BTK = jnp.einsum("btd,dk->btk", x_BTD.astype(f32), w_DK.astype(f32))
         log_decay_BTK = -jax.nn.softplus(gate_BTK + bias_K.astype(f32))
+        k_BTKH = l2_normalize(k_BTKH, cfg.norm_eps)
+        if valid is not None:
+            k_BTKH = jnp.where(valid[:, :, None, None], k_BTKH, 0.0)
+            log_decay_BTK = jnp.where(valid[:, :, None], log_decay_BTK, 0.0)
         out_BTNH = chunked_linear_attention(
             l2_normalize(q_BTNH, cfg.norm_eps),
-            l2_normalize(k_BTKH, cfg.norm_eps),
+            k_BTKH,
             v_BTKH,
             log_decay_BTK,
             segment_ids_BT=segment_ids_BT,
             chunk_size=linear.chunk_size,
+            return_state=state is not None,
+            initial_state=state,
         )
+        if state is not None:
+            out_BTNH, state = out_BTNH
         out_BTNH = out_BTNH * jax.lax.rsqrt(
             jnp.mean(jnp.square(out_BTNH), axis=-1, keepdims=True) + cfg.norm_eps
         )
-        return (out_BTNH * scale_NH.astype(f32)).astype(jnp.dtype(cfg.dtype))
+        out_BTNH = (out_BTNH * scale_NH.astype(f32)).astype(jnp.dtype(cfg.dtype))
+        return out_BTNH if state is None else (out_BTNH, state)

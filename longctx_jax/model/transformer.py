@@ -58,14 +58,20 @@ class DecoderBlock(nn.Module):
     cfg: Any
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, capture_attention: bool = False):
+    def __call__(
+        self, x_BTD, positions_BT, segment_ids_BT, capture_attention: bool = False, cache=None
+    ):
+        """[B, T, embed] -> [B, T, embed]; with a layer `cache`, (output, updated cache)."""
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         norm = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
         h = RMSNorm(**norm, name="attention_norm")(x_BTD)
-        x_BTD = x_BTD + SelfAttention(cfg, name="attention")(
-            h, positions_BT, segment_ids_BT, capture_attention
+        attended = SelfAttention(cfg, name="attention")(
+            h, positions_BT, segment_ids_BT, capture_attention, cache
         )
+        if cache is not None:
+            attended, cache = attended
+        x_BTD = x_BTD + attended
         x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
         h = RMSNorm(**norm, name="mlp_norm")(x_BTD)
         x_BTD = x_BTD + SwiGLU(
@@ -76,7 +82,8 @@ class DecoderBlock(nn.Module):
             param_dtype=param_dtype,
             name="mlp",
         )(h)
-        return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+        x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+        return x_BTD if cache is None else (x_BTD, cache)
 
 
 class DecoderLM(nn.Module):
@@ -161,6 +168,38 @@ class DecoderLM(nn.Module):
         x_BTD = x_BTD.astype(jnp.dtype(cfg.dtype))
         for block in self.blocks:
             x_BTD = block(x_BTD, positions, segment_ids, capture_attention)
+        return self._logits(x_BTD)
+
+    def extend(self, tokens, *, positions, segment_ids, caches):
+        """New tokens int [B, T] against the per-layer KV caches -> (logits float32 [B, T, vocab],
+        updated caches): prefill (a prompt or a chunk of it) and decode (T = 1 or a few).
+
+        `caches` is a list of layer caches (longctx_jax/inference/cache.py); `segment_ids` -1
+        marks padding (not attended, not written). See longctx_jax/inference/generate.py.
+        """
+        if len(caches) != self.config.num_layers:
+            raise ValueError(
+                f"caches has {len(caches)} layers: expected num_layers={self.config.num_layers}"
+            )
+        for layer, cache in enumerate(caches):
+            if cache.model != self.config:
+                raise ValueError(
+                    f"caches[{layer}] was built for another model config: expected caches from "
+                    "inference.allocate for this model"
+                )
+        b, t = tuple(getattr(tokens, "shape", (None, None)))[:2]
+        _check_ids("positions", positions, (b, t))
+        _check_ids("segment_ids", segment_ids, (b, t))
+        x_BTD = self.embed(tokens)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x_BTD, cache = block(x_BTD, positions, segment_ids, False, cache)
+            new_caches.append(cache)
+        return self._logits(x_BTD), new_caches
+
+    def _logits(self, x_BTD) -> jax.Array:
+        """Final norm and output head: [B, T, embed] -> logits float32 [B, T, vocab]."""
+        cfg = self.config
         x_BTD = self.final_norm(x_BTD)
         if cfg.tie_embeddings:
             logits_BTV = self.embedding.attend(x_BTD)

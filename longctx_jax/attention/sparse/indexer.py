@@ -48,7 +48,8 @@ class LightningIndexer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT):
+    def __call__(self, x_BTD, positions_BT, seq_len: int | None = None):
+        """`seq_len` (default T) is the length RoPE's length-dependent kinds are evaluated at."""
         j, i, r = self.num_heads, self.head_dim, self.rope_dim
         if r % 2 or not 0 <= r <= i:
             raise ValueError(f"rope_dim={r}: expected an even number in [0, head_dim={i}]")
@@ -76,7 +77,7 @@ class LightningIndexer(nn.Module):
                 r,
                 base=self.rope_base,
                 kind=self.rope_kind,
-                seq_len=x_BTD.shape[1],
+                seq_len=x_BTD.shape[1] if seq_len is None else seq_len,
                 **dict(self.rope_scaling),
             )
             q_BTJI = apply_rope(q_BTJI, positions_BT, inv_freq, layout="half")

@@ -1,0 +1,136 @@
+"""Allocating a model's caches, and counting the bytes they really hold.
+
+`allocate(model_config, batch, spec, max_length)` builds one empty cache per layer for sequences
+of up to `max_length` tokens: a `KVCache` of `spec.capacity` slots (default `max_length`; a model
+with `attention.window = w` and a "full" spec gets a ring buffer of w slots, which is exact for
+it), or a `LinearCache` for the linear mixer.
+
+`cache_bytes(caches)` sums the arrays' nbytes: `payload` (keys, values, quantisation scales,
+DSA's index keys, KIVI's full-precision window, the mixer's state) and `bookkeeping` (positions,
+segment ids, write order, policy scores), both per row. `expected_payload_bytes` is the formula
+2 * layers * kv_heads * head_dim * bytes per slot (+ scales, + index keys, + KIVI window) that
+the tests hold the arrays to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from longctx_jax.inference import kivi
+from longctx_jax.inference.cache import EMPTY, KVCache, LinearCache, storage_dtype
+from longctx_jax.inference.quantize import quantize
+from longctx_jax.inference.spec import SCORED, CacheSpec, check_spec_for_model
+from longctx_jax.model.linear_mixer import STATE_DTYPE
+from longctx_jax.model.transformer import freeze_model_config
+
+
+def capacity_for(model_config, spec: CacheSpec, max_length: int) -> int:
+    """Slots per row: the spec's capacity, else the window of a windowed model, else max_length."""
+    if spec.capacity is not None:
+        return spec.capacity
+    window = model_config.attention.window
+    if window is not None and spec.policy == "full" and not spec.kivi:
+        return min(window, max_length)
+    return max_length
+
+
+def allocate(model_config, batch: int, spec: CacheSpec | None, max_length: int) -> list:
+    """One empty cache per layer (module docstring); ValueError for a spec this model cannot use."""
+    cfg = freeze_model_config(model_config)
+    spec = (spec or CacheSpec()).validate()
+    capacity = capacity_for(cfg, spec, max_length)
+    check_spec_for_model(spec, cfg, capacity)
+    if (
+        spec.capacity is None
+        and cfg.attention.window is not None
+        and spec.policy == "full"
+        and not spec.kivi
+        and capacity < max_length
+    ):
+        spec = dataclasses.replace(spec, policy="window", capacity=capacity)
+    statics = dict(spec=spec, model=cfg, rope_length=max_length)
+    b, kh, h = batch, cfg.num_kv_heads, cfg.head_dim
+    if cfg.attention.kind == "linear":
+        state = jnp.zeros((b, kh, h, h), STATE_DTYPE)
+        return [
+            LinearCache(state=state, length=jnp.zeros((b,), jnp.int32), **statics)
+            for _ in range(cfg.num_layers)
+        ]
+    dtype = storage_dtype(spec, cfg)
+    zeros = jnp.zeros((b, capacity, kh, h), dtype)
+    if spec.kivi:
+        keys, values = kivi.quantise_group(spec, zeros, zeros)
+        ring = jnp.zeros((b, kivi.ring_size(spec), kh, h), dtype)
+    elif spec.bits is not None:
+        keys = values = quantize(
+            zeros, spec.bits, axis=-1, group_size=spec.channel_group(h), symmetric=spec.bits == 8
+        )
+        ring = None
+    else:
+        keys = values = zeros
+        ring = None
+    index_keys = None
+    if cfg.attention.kind == "sparse_topk":
+        index_dim = cfg.attention.sparse.index_head_dim
+        index_keys = jnp.zeros((b, capacity, index_dim), jnp.dtype(cfg.dtype))
+    cache = KVCache(
+        keys=keys,
+        values=values,
+        positions=jnp.zeros((b, capacity), jnp.int32),
+        segment_ids=jnp.full((b, capacity), EMPTY, jnp.int32),
+        order=jnp.full((b, capacity), -1, jnp.int32),
+        length=jnp.zeros((b,), jnp.int32),
+        scores=jnp.zeros((b, capacity), jnp.float32) if spec.policy in SCORED else None,
+        index_keys=index_keys,
+        recent_keys=ring,
+        recent_values=ring,
+        **statics,
+    )
+    return [cache] * cfg.num_layers
+
+
+def _nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def cache_bytes(caches) -> dict:
+    """{"payload", "bookkeeping", "capacity"}: bytes per row, summed over layers (module doc)."""
+    payload = bookkeeping = 0
+    for cache in caches:
+        batch = cache.length.shape[0]
+        if isinstance(cache, LinearCache):
+            payload += _nbytes(cache.state) // batch
+            bookkeeping += _nbytes(cache.length) // batch
+            continue
+        held = (cache.keys, cache.values, cache.index_keys, cache.recent_keys, cache.recent_values)
+        payload += _nbytes(held) // batch
+        bookkeeping += _nbytes((cache.positions, cache.segment_ids, cache.order)) // batch
+        bookkeeping += _nbytes((cache.scores, cache.length)) // batch
+    capacity = None if isinstance(caches[0], LinearCache) else caches[0].capacity
+    return dict(payload=payload, bookkeeping=bookkeeping, capacity=capacity)
+
+
+def expected_payload_bytes(model_config, spec: CacheSpec, capacity: int) -> int:
+    """The payload per row by formula, independent of the arrays (module docstring)."""
+    cfg = freeze_model_config(model_config)
+    layers, kh, h = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+    if cfg.attention.kind == "linear":
+        return layers * kh * h * h * jnp.dtype(STATE_DTYPE).itemsize
+    index = 0
+    if cfg.attention.kind == "sparse_topk":
+        index = capacity * cfg.attention.sparse.index_head_dim * jnp.dtype(cfg.dtype).itemsize
+    float_bytes = jnp.dtype(spec.dtype or cfg.dtype).itemsize
+    if spec.bits is None:
+        return layers * (2 * capacity * kh * h * float_bytes + index)
+    codes = 2 * capacity * kh * h * spec.bits // 8
+    stats_per_token = 2 if spec.bits != 8 else 1  # scale (+ minimum when asymmetric), float32
+    value_stats = capacity * kh * (h // spec.channel_group(h)) * stats_per_token * 4
+    if spec.key_quant == "channel":
+        key_stats = (capacity // spec.token_group) * kh * h * 2 * 4
+    else:
+        key_stats = value_stats
+    ring = 2 * kivi.ring_size(spec) * kh * h * float_bytes if spec.kivi else 0
+    return layers * (codes + key_stats + value_stats + index + ring)
