@@ -64,7 +64,15 @@ def generate(
     if request_ids.shape != (b,):
         raise ValueError(f"request_ids has shape {request_ids.shape}: expected [batch] = ({b},)")
     return _generate(
-        cfg, spec, sampling, chunk, max_new_tokens, params, prompts, prompt_lengths, request_ids,
+        cfg,
+        spec,
+        sampling,
+        chunk,
+        max_new_tokens,
+        params,
+        prompts,
+        prompt_lengths,
+        request_ids,
         jnp.asarray(seed, jnp.int32),
     )
 
@@ -97,15 +105,17 @@ def _generate(cfg, spec, sampling, chunk, steps, params, prompts, lengths, reque
     return tokens.T
 
 
-def _prefill(model, params, caches, tokens, lengths, chunk: int):
-    """Logits float32 [B, P, V] of the prompt, fed in chunks; the caches after it."""
+def _prefill(model, params, caches, tokens, lengths, chunks: int | tuple[int, ...]):
+    """Logits float32 [B, P, V] of the prompt, fed in chunks (a size, or sizes in turn with the
+    last repeated: the repeats run as one `lax.scan`, so one compiled step serves them all);
+    the caches after it."""
     b, p = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     segment_ids = jnp.where(positions < lengths[:, None], 0, PAD).astype(jnp.int32)
-    outputs = []
-    for start in range(0, p, chunk):
-        part = slice(start, min(start + chunk, p))
-        logits, caches = model.apply(
+    *leading, size = chunks if isinstance(chunks, tuple) else (chunks,)
+
+    def extend(caches, part):
+        return model.apply(
             params,
             tokens[:, part],
             positions=positions[:, part],
@@ -113,16 +123,51 @@ def _prefill(model, params, caches, tokens, lengths, chunk: int):
             caches=caches,
             method="extend",
         )
+
+    outputs, start = [], 0
+    for lead in leading:
+        if start < p:
+            logits, caches = extend(caches, slice(start, min(start + lead, p)))
+            outputs.append(logits)
+            start += lead
+    repeats = max(p - start, 0) // size
+    if repeats > 1:
+
+        def step(caches, i):
+            index = start + i * size + jnp.arange(size)
+            logits, caches = model.apply(
+                params,
+                tokens[:, index],
+                positions=positions[:, index],
+                segment_ids=segment_ids[:, index],
+                caches=caches,
+                method="extend",
+            )
+            return caches, logits
+
+        caches, logits = jax.lax.scan(step, caches, jnp.arange(repeats))
+        outputs.append(jnp.moveaxis(logits, 0, 1).reshape(b, repeats * size, -1))
+        start += repeats * size
+    while start < p:
+        logits, caches = extend(caches, slice(start, min(start + size, p)))
         outputs.append(logits)
+        start += size
     return jnp.concatenate(outputs, axis=1), caches
 
 
 def cached_logits(
-    model_config, params, tokens, *, cache: CacheSpec | None = None, chunk_size: int = 1,
-    lengths=None, max_length: int | None = None,
+    model_config,
+    params,
+    tokens,
+    *,
+    cache: CacheSpec | None = None,
+    chunk_size=1,
+    lengths=None,
+    max_length: int | None = None,
 ):
     """Logits float32 [B, T, V] of `tokens` int [B, T] fed through the cache `chunk_size` tokens
-    at a time (teacher forcing); `lengths` [B] marks the rest of each row as padding;
+    at a time, or a tuple of chunk sizes in turn (the last repeated), teacher-forced; `lengths`
+    [B] marks the rest of each row as padding;
     `max_length` (default T) is the length the caches are built for (RoPE's `rope_length`)."""
     cfg = freeze_model_config(model_config)
     tokens, lengths = _check_prompts(cfg, tokens, lengths)
@@ -130,7 +175,11 @@ def cached_logits(
     t = tokens.shape[1]
     max_length = t if max_length is None else max_length
     _check_fits(cfg, spec, int(lengths.max()), max_length)
-    return _cached_logits(cfg, spec, _check_chunk(chunk_size, t), max_length, params, tokens, lengths)
+    if isinstance(chunk_size, list | tuple):
+        chunks = tuple(_check_chunk(size, t) for size in chunk_size)
+    else:
+        chunks = _check_chunk(chunk_size, t)
+    return _cached_logits(cfg, spec, chunks, max_length, params, tokens, lengths)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -74,11 +74,15 @@ def write(cache, new: dict, order_new, length):
         slot = jnp.where(valid, order, c)[:, None]
         ring = jnp.where(valid, order % w, w)[:, None]
         carry = dict(carry)
-        carry["recent_keys"] = carry["recent_keys"].at[rows, ring].set(
-            k[:, None].astype(carry["recent_keys"].dtype), mode="drop"
+        carry["recent_keys"] = (
+            carry["recent_keys"]
+            .at[rows, ring]
+            .set(k[:, None].astype(carry["recent_keys"].dtype), mode="drop")
         )
-        carry["recent_values"] = carry["recent_values"].at[rows, ring].set(
-            v[:, None].astype(carry["recent_values"].dtype), mode="drop"
+        carry["recent_values"] = (
+            carry["recent_values"]
+            .at[rows, ring]
+            .set(v[:, None].astype(carry["recent_values"].dtype), mode="drop")
         )
         for name, value in (("positions", pos), ("segment_ids", seg), ("order", order)):
             carry[name] = carry[name].at[rows, slot].set(value[:, None], mode="drop")

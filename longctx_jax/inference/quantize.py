@@ -37,7 +37,9 @@ def pack(codes, bits: int) -> jax.Array:
     per_byte = 8 // bits
     d = codes.shape[-1]
     if d % per_byte:
-        raise ValueError(f"last axis {d}: expected a multiple of {per_byte} to pack {bits}-bit codes")
+        raise ValueError(
+            f"last axis {d}: expected a multiple of {per_byte} to pack {bits}-bit codes"
+        )
     slices = jnp.split(codes.astype(jnp.uint8), per_byte, axis=-1)
     out = slices[0]
     for i, part in enumerate(slices[1:], start=1):

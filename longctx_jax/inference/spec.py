@@ -145,9 +145,7 @@ def check_spec_for_model(spec: CacheSpec, model_config, capacity: int) -> None:
                 "does not have)"
             )
         if spec.policy == "sinks":
-            checks.fail(
-                "cache", "policy", "sinks", "not 'sinks' with attention.kind='sparse_topk'"
-            )
+            checks.fail("cache", "policy", "sinks", "not 'sinks' with attention.kind='sparse_topk'")
     h = model_config.head_dim
     if spec.bits is not None:
         group = spec.channel_group(h)
