@@ -74,6 +74,35 @@ _VARIANTS = flags.DEFINE_list(
     "selection variants",
 )
 _CHUNK_SIZES = flags.DEFINE_list("chunk_sizes", ["64"], "linear mixer chunk sizes")
+_DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "int8", "int4"], "KV cache dtypes")
+_KV_HEADS = flags.DEFINE_integer("kv_heads", 8, "number of key/value heads")
+_PROMPT = flags.DEFINE_string("prompt", None, "a prompt; its completion is printed")
+_PROMPTS_FILE = flags.DEFINE_string(
+    "prompts_file", None, 'a JSONL file of requests, one {"id": ..., "prompt": "..."} a line'
+)
+_OUT = flags.DEFINE_string(
+    "out", None, 'the JSONL file written, one {"id": ..., "completion": "..."} per request'
+)
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "tokens generated per request")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", None, "sampling temperature; 0 = greedy (default: greedy, or 1 with top_k/top_p)"
+)
+_TOP_P = flags.DEFINE_float("top_p", None, "nucleus sampling: keep the most likely tokens up to p")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "requests generated together")
+_CACHE_POLICY = flags.DEFINE_string(
+    "cache_policy", "full", "KV cache policy: full | window | sinks | h2o | tova | knorm | snapkv"
+)
+_CACHE_CAPACITY = flags.DEFINE_integer(
+    "cache_capacity", None, "KV cache slots per request (default: prompt + new tokens)"
+)
+_CACHE_BITS = flags.DEFINE_integer(
+    "cache_bits", None, "store the KV cache as 8-, 4- or 2-bit codes (default: full precision)"
+)
+_CACHE_SINKS = flags.DEFINE_integer("cache_sinks", 4, "first tokens kept by policy sinks")
+_CACHE_RECENT = flags.DEFINE_integer(
+    "cache_recent", 0, "latest tokens always kept by policies h2o and snapkv"
+)
 
 # The flags defined above: a command refuses those of them that are not in its table entry.
 OWN_FLAGS = (
@@ -95,6 +124,21 @@ OWN_FLAGS = (
     "top_k",
     "variants",
     "chunk_sizes",
+    "dtypes",
+    "kv_heads",
+    "prompt",
+    "prompts_file",
+    "out",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "batch_size",
+    "cache_policy",
+    "cache_capacity",
+    "cache_bits",
+    "cache_sinks",
+    "cache_recent",
 )
 
 # The training-config fields most runs change (all of them: base_config() in
@@ -297,6 +341,63 @@ def eval_command() -> None:
     print(f"wrote {Path(workdir) / 'eval' / f'{step}.json'}")
 
 
+def generate_command() -> None:
+    workdir = _required(_WORKDIR, "generate")
+    max_new_tokens = _required(_MAX_NEW_TOKENS, "generate")
+    if (_PROMPT.value is None) == (_PROMPTS_FILE.value is None):
+        raise app.UsageError("needs one of --prompt=TEXT or --prompts_file=IN.jsonl")
+    if _PROMPTS_FILE.value is not None and _OUT.value is None:
+        raise app.UsageError("--prompts_file needs --out=OUT.jsonl")
+    if _PROMPT.value is not None and _OUT.value is not None:
+        raise app.UsageError("--out goes with --prompts_file (--prompt prints its completion)")
+    from longctx_jax.train import preemption
+
+    # No checkpoint to save here: SIGTERM / Ctrl-C stop at once (OUT appears only when complete).
+    stopped = preemption.requested()
+    preemption.uninstall()
+    if stopped:
+        _exit("longctx generate", f"stopped by {stopped}; nothing written")
+    from longctx_jax.inference import requests
+    from longctx_jax.inference.spec import CacheSpec
+
+    top_k = _TOP_K.value if _TOP_K.present else None
+    sampling = _one_line(
+        "generate", lambda: requests.sampling_from(_TEMPERATURE.value, top_k, _TOP_P.value)
+    )
+    cache = CacheSpec(
+        capacity=_CACHE_CAPACITY.value,
+        policy=_CACHE_POLICY.value,
+        sinks=_CACHE_SINKS.value,
+        recent=_CACHE_RECENT.value,
+        bits=_CACHE_BITS.value,
+    )
+    _one_line("generate", cache.validate)
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        step=_STEP.value,
+        sampling=sampling,
+        cache=cache,
+        seed=_SEED.value,
+    )
+    if _PROMPT.value is not None:
+        print(
+            _one_line("generate", lambda: requests.generate_text(workdir, _PROMPT.value, **options))
+        )
+        return
+    count = _one_line(
+        "generate",
+        lambda: requests.generate_file(
+            workdir,
+            _PROMPTS_FILE.value,
+            _OUT.value,
+            batch_size=_BATCH_SIZE.value,
+            progress=True,
+            **options,
+        ),
+    )
+    print(f"wrote {_OUT.value}: {count} completions of {max_new_tokens} tokens")
+
+
 def bench_attention() -> None:
     from longctx_jax.bench.attention import format_table, run_benchmark, write_results
 
@@ -392,6 +493,37 @@ def bench_linear() -> None:
     print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
 
 
+def bench_decode() -> None:
+    from longctx_jax.bench.decode import (
+        DTYPES,
+        LENGTHS,
+        format_table,
+        run_benchmark,
+        write_results,
+    )
+
+    lengths = _ints(_LENGTHS) if _LENGTHS.present else list(LENGTHS)
+    dtypes = tuple(_DTYPES.value) if _DTYPES.present else DTYPES
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise app.UsageError(f"--dtypes={','.join(dtypes)}: expected some of {','.join(DTYPES)}")
+    results = _one_line(
+        "bench decode",
+        lambda: run_benchmark(
+            lengths,
+            dtypes,
+            batch=_BATCH.value,
+            heads=_HEADS.value if _HEADS.present else 32,
+            kv_heads=_KV_HEADS.value,
+            head_dim=_HEAD_DIM.value if _HEAD_DIM.present else 128,
+            repeats=_REPEATS.value,
+        ),
+    )
+    workdir = write_results(results, _WORKDIR.value or "runs/bench_decode")
+    print(format_table(results))
+    print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
+
+
 COMMANDS = {
     command.name: command
     for command in (
@@ -444,6 +576,44 @@ COMMANDS = {
             flag_help={
                 "workdir": "the run directory to evaluate",
                 "config": "--config.evals.NAME.FIELD=VALUE changes the run's evaluators",
+            },
+        ),
+        Command(
+            "generate",
+            generate_command,
+            "complete a prompt, or a JSONL file of prompts, with a run's checkpoint",
+            "longctx generate --workdir RUN (--prompt TEXT | --prompts_file IN.jsonl --out "
+            "OUT.jsonl)\n"
+            "                 --max_new_tokens N [--temperature T --top_k K --top_p P --seed S]\n"
+            "                 [--cache_policy P --cache_capacity C --cache_bits B]",
+            (
+                "workdir",
+                "step",
+                "prompt",
+                "prompts_file",
+                "out",
+                "max_new_tokens",
+                "temperature",
+                "top_k",
+                "top_p",
+                "seed",
+                "batch_size",
+                "cache_policy",
+                "cache_capacity",
+                "cache_bits",
+                "cache_sinks",
+                "cache_recent",
+            ),
+            details=(
+                "Text is byte-level (the run's vocabulary). Greedy unless --temperature,\n"
+                "--top_k or --top_p is given. A request's sampled tokens depend on --seed and\n"
+                "its line in IN.jsonl only, not on --batch_size or its neighbours. OUT.jsonl\n"
+                "keeps the input's order and is written only once every request is done.\n"
+                "Cache policies and storage: longctx_jax/inference/spec.py."
+            ),
+            flag_help={
+                "workdir": "the run directory whose checkpoint generates",
+                "top_k": "sample from the k most likely tokens only (default: all)",
             },
         ),
         Command(
@@ -507,6 +677,20 @@ COMMANDS = {
                 "lengths": "sequence lengths (default here: 4096,8192,16384,32768)",
                 "heads": "number of heads (default here: 4)",
                 "workdir": "output folder (default: runs/bench_linear)",
+            },
+        ),
+        Command(
+            "bench decode",
+            bench_decode,
+            "one decode step over a KV cache stored as bfloat16, int8 or int4, per length",
+            "longctx bench decode [--lengths=1024,...,65536] [--dtypes=bfloat16,int8,int4]",
+            ("lengths", "dtypes", "batch", "heads", "kv_heads", "head_dim", "repeats", "workdir"),
+            flag_help={
+                "lengths": "KV cache lengths (default here: 1024,4096,16384,32768,65536)",
+                "batch": "sequences decoded per step",
+                "heads": "number of query heads (default here: 32)",
+                "head_dim": "head dimension (default here: 128)",
+                "workdir": "output folder (default: runs/bench_decode)",
             },
         ),
     )

@@ -37,6 +37,7 @@ from longctx_jax.inference.spec import SCORED, CacheSpec
 from longctx_jax.model.attention_block import attend, rope_for_length
 from longctx_jax.model.sparse_block import oracle_scores, select_keys
 from longctx_jax.positions import alibi_slopes, apply_rope
+from pallas_kernels.decode_attention import decode_attention
 
 EMPTY = -2  # segment id (and order -1) of a slot that holds no token
 PAD = -1  # segment id of a padding token: never attended to, never written
@@ -75,6 +76,9 @@ class KVCache:
         cfg = self.model
         if segment_ids is None:
             segment_ids = jnp.zeros(positions.shape, jnp.int32)
+        new = dict(keys=k, values=v, positions=positions, segment_ids=segment_ids)
+        if self.spec.kernel and q.shape[1] == 1:
+            return self._kernel_decode(q, new)
         cached_k, cached_v = self.read(k.dtype)
         q_pos, kv_pos = positions, jnp.concatenate([self.positions, positions], axis=1)
         if self.spec.policy == "sinks":
@@ -105,7 +109,6 @@ class KVCache:
                 logits_soft_cap=cfg.attention.logits_soft_cap,
                 alibi_slopes=slopes,
             )
-        new = dict(keys=k, values=v, positions=positions, segment_ids=segment_ids)
         if index_features is not None:
             new["index_keys"] = index_features[1]
         return out, self._write(new, weights)
@@ -119,6 +122,37 @@ class KVCache:
         return dequantize(self.keys, dtype), dequantize(self.values, dtype)
 
     # -- attention ---------------------------------------------------------------------------
+
+    def _kernel_decode(self, q, new: dict):
+        """A decode step through the split-K kernel (pallas_kernels/decode_attention): the new
+        token is written first, then the kernel reads the stored cache (codes dequantised
+        on chip), so the new token's own key and value are read back quantised too."""
+        cfg = self.model
+        cache = self._write(new, None)
+        stored = {}
+        for name in ("keys", "values"):
+            x = getattr(cache, name)
+            if isinstance(x, Quantized):
+                stored[name] = x.codes
+                stored[name[:-1] + "_scale"] = x.scale
+                stored[name[:-1] + "_minimum"] = x.minimum
+            else:
+                stored[name] = x.astype(q.dtype)
+        out = decode_attention(
+            q,
+            q_positions=new["positions"],
+            kv_positions=cache.positions,
+            q_segment_ids=new["segment_ids"],
+            kv_segment_ids=cache.segment_ids,
+            causal=True,
+            window=cfg.attention.window,
+            scale=cfg.head_dim**-0.5,
+            soft_cap=cfg.attention.logits_soft_cap,
+            slopes=alibi_slopes(cfg.num_heads) if cfg.position.kind == "alibi" else None,
+            bits=self.spec.bits,
+            **stored,
+        )
+        return out, cache
 
     def _attention(self, q, keys, values, mask, index_features, index_keys):
         cfg = self.model

@@ -164,10 +164,11 @@ def cached_logits(
     chunk_size=1,
     lengths=None,
     max_length: int | None = None,
+    return_caches: bool = False,
 ):
     """Logits float32 [B, T, V] of `tokens` int [B, T] fed through the cache `chunk_size` tokens
     at a time, or a tuple of chunk sizes in turn (the last repeated), teacher-forced; `lengths`
-    [B] marks the rest of each row as padding;
+    [B] marks the rest of each row as padding; `return_caches` also returns the caches after;
     `max_length` (default T) is the length the caches are built for (RoPE's `rope_length`)."""
     cfg = freeze_model_config(model_config)
     tokens, lengths = _check_prompts(cfg, tokens, lengths)
@@ -179,20 +180,22 @@ def cached_logits(
         chunks = tuple(_check_chunk(size, t) for size in chunk_size)
     else:
         chunks = _check_chunk(chunk_size, t)
-    return _cached_logits(cfg, spec, chunks, max_length, params, tokens, lengths)
+    logits, caches = _cached_logits(cfg, spec, chunks, max_length, params, tokens, lengths)
+    return (logits, caches) if return_caches else logits
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _cached_logits(cfg, spec, chunk, max_length, params, tokens, lengths):
     caches = allocate(cfg, tokens.shape[0], spec, max_length)
-    return _prefill(DecoderLM(cfg), params, caches, tokens, lengths, chunk)[0]
+    return _prefill(DecoderLM(cfg), params, caches, tokens, lengths, chunk)
 
 
 def _check_prompts(cfg, prompts, prompt_lengths):
     prompts = np.asarray(prompts) if not isinstance(prompts, jax.Array) else prompts
     if prompts.ndim != 2 or not jnp.issubdtype(prompts.dtype, jnp.integer):
         raise ValueError(
-            f"prompts has shape {prompts.shape} and dtype {prompts.dtype}: expected int [batch, len]"
+            f"prompts has shape {prompts.shape} and dtype {prompts.dtype}: expected int "
+            "[batch, len]"
         )
     b, p = prompts.shape
     if b < 1 or p < 1:

@@ -83,7 +83,8 @@ def _grouped(x, axis: int, group_size: int):
     shape = x.shape
     if shape[axis] % group_size:
         raise ValueError(
-            f"axis {axis} has {shape[axis]} elements: expected a multiple of group_size={group_size}"
+            f"axis {axis} has {shape[axis]} elements: expected a multiple of "
+            f"group_size={group_size}"
         )
     new = shape[:axis] + (shape[axis] // group_size, group_size) + shape[axis + 1 :]
     return x.reshape(new), axis + 1

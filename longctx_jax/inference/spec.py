@@ -22,6 +22,13 @@ group-quantised codes (inference/quantize.py):
   key_quant "channel"  KIVI: keys per channel over groups of `group_size` tokens (default 32),
                        values per token, both asymmetric, the latest `residual` tokens in full
                        precision (KIVI keeps 32-128); policy "full" only.
+
+`kernel` True runs each single-token decode step through the split-K Pallas kernel
+(pallas_kernels/decode_attention: TPU / GPU, a jnp path elsewhere), which reads int8 / int4 codes
+and dequantises on chip. It writes the new token before attending, so that token's key and value
+are read back quantised (the default path attends with them in full precision, then stores them).
+Policies "full" and "window", float or per-token codes of 8 or 4 bits over the whole head,
+softmax attention (not DSA's sparse stage).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class CacheSpec:
     group_size: int | None = None
     residual: int = 0
     dtype: str | None = None
+    kernel: bool = False
 
     def validate(self) -> CacheSpec:
         """ValueError naming the field (`cache.<field>=...: expected ...`); returns self."""
@@ -84,6 +92,18 @@ class CacheSpec:
                     self.capacity,
                     f"more than recent={self.recent} slots (policy {self.policy!r} always keeps "
                     "the `recent` latest tokens)",
+                )
+        checks.check_bool("cache", "kernel", self.kernel)
+        if self.kernel:
+            if self.policy not in ("full", "window"):
+                checks.fail("cache", "policy", self.policy, "'full' or 'window' with kernel=True")
+            if self.bits not in (None, 4, 8) or self.kivi or self.group_size is not None:
+                checks.fail(
+                    "cache",
+                    "bits",
+                    self.bits,
+                    "None, 8 or 4 per token over the whole head (key_quant='token', "
+                    "group_size=None, residual=0) with kernel=True",
                 )
         if self.kivi:
             if self.bits is None:
@@ -138,6 +158,10 @@ def check_spec_for_model(spec: CacheSpec, model_config, capacity: int) -> None:
         )
     if kind == "sparse_topk":
         sparse = model_config.attention.sparse
+        if spec.kernel and sparse.stage == "sparse":
+            checks.fail(
+                "cache", "kernel", True, "False with attention.sparse.stage='sparse' (top-k)"
+            )
         if sparse.stage == "sparse" and sparse.granularity != "token":
             raise ValueError(
                 "model.attention.sparse.granularity='block': decoding needs granularity "

@@ -185,7 +185,8 @@ class SelfAttention(nn.Module):
         """(output [B, T, N, H], updated cache) for the new tokens x against `cache`."""
         cfg = self.cfg
         if cfg.attention.kind == "linear":
-            return cache.mix(GatedLinearAttention(cfg, name="linear"), x_BTD, q, k, v, segment_ids_BT)
+            mixer = GatedLinearAttention(cfg, name="linear")
+            return cache.mix(mixer, x_BTD, q, k, v, segment_ids_BT)
         features = None
         if cfg.attention.kind == "sparse_topk":
             indexer = lightning_indexer(cfg, name="indexer")
