@@ -275,6 +275,7 @@ class KVCache:
         spec = self.spec
         t = order.shape[1] - self.capacity
         old = self.scores
+        zeros = jnp.zeros((old.shape[0], t), old.dtype)
         if spec.policy == "knorm":  # smaller key norm = more attention (Devoto et al.)
             k = new["keys"]
             k = dequantize(k) if isinstance(k, Quantized) else k.astype(jnp.float32)
@@ -282,14 +283,14 @@ class KVCache:
             return jnp.concatenate([old, fresh], axis=1)
         received = weights.sum(1)  # [B, T, C + T], summed over heads
         if spec.policy == "h2o":
-            return jnp.concatenate([old, jnp.zeros_like(old[:, :t])], axis=1) + received.sum(1)
+            return jnp.concatenate([old, zeros], axis=1) + received.sum(1)
         valid = new["segment_ids"] >= 0
         if spec.policy == "tova":  # the last valid query's attention, averaged over heads
             last = jnp.maximum(valid.sum(1) - 1, 0)
             latest = jnp.take_along_axis(received, last[:, None, None], axis=1)[:, 0]
             latest = latest / self.model.num_heads
             keep_old = ~valid.any(1, keepdims=True)
-            return jnp.where(keep_old, jnp.concatenate([old, old[:, :t]], 1), latest)
+            return jnp.where(keep_old, jnp.concatenate([old, zeros], 1), latest)
         # snapkv: a prefill chunk re-scores everything by its observation window; decode appends.
         order_new = order[:, self.capacity :]
         window = valid & (order_new >= length[:, None] - max(spec.recent, 1))
@@ -297,8 +298,9 @@ class KVCache:
         pooled = jax.lax.reduce_window(
             observed, -jnp.inf, jax.lax.max, (1, spec.pool), (1, 1), "SAME"
         )
-        decode = jnp.concatenate([old, jnp.full_like(old[:, :t], jnp.inf)], axis=1)
-        return pooled if t > 1 else decode
+        if t > 1:
+            return pooled
+        return jnp.concatenate([old, jnp.full((old.shape[0], t), jnp.inf, old.dtype)], axis=1)
 
 
 _SLOT_FIELDS = ("positions", "segment_ids", "order")

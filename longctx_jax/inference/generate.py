@@ -190,6 +190,24 @@ def _cached_logits(cfg, spec, chunk, max_length, params, tokens, lengths):
     return _prefill(DecoderLM(cfg), params, caches, tokens, lengths, chunk)
 
 
+def cache_logits_fn(model_config, cache: CacheSpec | None = None, chunk_size=1):
+    """An eval `LogitsFn` (params, tokens [B, T], positions [B, T]) -> logits, computed through
+    the cache (`cached_logits`): what the task evaluators' scorers take, so any evaluation can
+    run under a cache policy. `positions` must be 0..T-1 (the cache numbers tokens itself)."""
+    cfg = freeze_model_config(model_config)
+    spec = (cache or CacheSpec()).validate()
+
+    def logits_fn(params, tokens, positions):
+        del positions
+        b, t = tokens.shape
+        caches = allocate(cfg, b, spec, t)
+        lengths = jnp.full((b,), t, jnp.int32)
+        chunks = chunk_size if isinstance(chunk_size, tuple) else min(chunk_size, t)
+        return _prefill(DecoderLM(cfg), {"params": params}, caches, tokens, lengths, chunks)[0]
+
+    return logits_fn
+
+
 def _check_prompts(cfg, prompts, prompt_lengths):
     prompts = np.asarray(prompts) if not isinstance(prompts, jax.Array) else prompts
     if prompts.ndim != 2 or not jnp.issubdtype(prompts.dtype, jnp.integer):

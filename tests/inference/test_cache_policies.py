@@ -1,6 +1,7 @@
 """Eviction policies against an independent numpy model of streaming decode (one layer).
 
-For each policy, a one-layer model decodes 14 tokens through a cache of 6 slots: the logits at
+For each policy, a one-layer model reads 14 tokens through a cache of 6 slots (an 8-token prefill
+chunk, then one token per step): the logits at
 every step and the tokens kept at the end equal streaming_reference.stream's, which recomputes
 attention over the kept tokens in float64 and applies the policy's rule as written in spec.py.
 With room for every token, each policy equals the full cache.
@@ -23,7 +24,7 @@ POLICIES = {
     "knorm": dict(recent=1),
     "snapkv": dict(recent=3, pool=3),
 }
-PREFILL = {"snapkv": 8}  # SnapKV compresses a prompt: an 8-token first chunk
+PREFILL = 8  # a first chunk longer than the cache (a prompt compressed at prefill), then decode
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -32,7 +33,7 @@ def test_policy_equals_the_streaming_reference(policy, seed):
     params = random_params(cfg, seed)
     tokens = random_tokens(seed, 1, T)
     options = POLICIES[policy]
-    prefill = PREFILL.get(policy, 1)
+    prefill = PREFILL
     spec = CacheSpec(policy=policy, capacity=CAPACITY, **options)
     got, caches = cached_logits(
         cfg, params, tokens, cache=spec, chunk_size=(prefill, 1), return_caches=True
