@@ -25,12 +25,13 @@ from longctx_jax.inference.spec import CacheSpec
 from longctx_jax.provenance import mean_ci, write_results
 from longctx_jax.run import load_model
 
-QUANTISATIONS = {  # name -> CacheSpec fields (KIVI: token groups of 8, an 8-token fp window)
+QUANTISATIONS = {  # name -> CacheSpec fields (KIVI: token groups of 4, a 4-token fp window)
+    "bf16": dict(dtype="bfloat16"),
     "int8": dict(bits=8),
     "int4": dict(bits=4),
-    "int4_kivi": dict(bits=4, key_quant="channel", group_size=8, residual=8),
+    "int4_kivi": dict(bits=4, key_quant="channel", group_size=4, residual=4),
     "int2": dict(bits=2),
-    "int2_kivi": dict(bits=2, key_quant="channel", group_size=8, residual=8),
+    "int2_kivi": dict(bits=2, key_quant="channel", group_size=4, residual=4),
 }
 POLICY_OPTIONS = dict(sinks=dict(sinks=4), h2o=dict(recent=2), snapkv=dict(recent=2, pool=3))
 

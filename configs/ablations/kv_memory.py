@@ -42,8 +42,8 @@ SIZES = {
         eval_examples=64,
         variants=("mha", "mqa", "linear"),
         policies=("window", "sinks", "h2o", "tova", "snapkv", "knorm"),
-        capacities=(6, 10, 16, 24),
-        quantisations=("int8", "int4", "int4_kivi", "int2", "int2_kivi"),
+        capacities=(6, 12, 24),
+        quantisations=("bf16", "int8", "int4", "int4_kivi", "int2", "int2_kivi"),
     ),
     "full": dict(
         seq_len=32,
@@ -61,7 +61,7 @@ SIZES = {
         variants=("mha", "gqa", "mqa", "linear"),
         policies=("window", "sinks", "h2o", "tova", "snapkv", "knorm"),
         capacities=(4, 6, 8, 10, 12, 16, 20, 24),
-        quantisations=("int8", "int4", "int4_kivi", "int2", "int2_kivi"),
+        quantisations=("bf16", "int8", "int4", "int4_kivi", "int2", "int2_kivi"),
     ),
 }
 KV_HEADS = dict(mha=8, gqa=2, mqa=1, linear=8)

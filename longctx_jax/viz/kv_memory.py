@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from longctx_jax.inference.spec import POLICIES  # noqa: E402
+
 
 def _errors(rows):
     low = [r["accuracy_mean"] - (r["accuracy_ci95"][0] or r["accuracy_mean"]) for r in rows]
@@ -22,7 +24,8 @@ def _errors(rows):
 def plot_kv_memory(results: dict, path) -> None:
     rows = results["rows"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    policies = sorted({r["policy"] for r in rows if r["model"] == "mha" and r["bits"] is None})
+    labels = {r["label"] for r in rows if r["model"] == "mha"}
+    policies = [policy for policy in POLICIES if policy in labels]
     full = [r for r in rows if r["model"] == "mha" and r["label"] == "full"]
     for policy in policies:
         if policy == "full":
@@ -40,7 +43,7 @@ def plot_kv_memory(results: dict, path) -> None:
             capsize=2,
             label=f"MHA, {policy}",
         )
-    markers = dict(int8="s", int4="v", int4_kivi="^", int2="<", int2_kivi=">")
+    markers = dict(bf16="P", int8="s", int4="v", int4_kivi="^", int2="<", int2_kivi=">")
     for label, marker in markers.items():
         points = [r for r in rows if r["label"] == label]
         for r in points:
