@@ -242,14 +242,16 @@ class KVCache:
         return jnp.where(kept & (order >= 0), slot, c)
 
     def _keep_best(self, new, order_new, length, weights) -> KVCache:
-        """The scored policies: keep the `capacity` best of [cached ; new], in write order."""
+        """The scored policies: keep the `capacity` best of [cached ; new] (ties: the newer),
+        stored in write order."""
         spec, c = self.spec, self.capacity
         order = jnp.concatenate([self.order, order_new], axis=1)
         scores = self._scores(new, order, length, weights)
         recent = order >= (length[:, None] - spec.recent)
         priority = jnp.where(recent & (order >= 0), jnp.inf, scores)
         priority = jnp.where(order >= 0, priority, -jnp.inf)
-        _, chosen = jax.lax.top_k(priority, c)
+        # the `capacity` highest priorities, ties going to the newer token
+        chosen = jnp.lexsort((-order, -priority), axis=-1)[:, :c]
         chosen_order = jnp.take_along_axis(order, chosen, axis=1)
         by_order = jnp.argsort(jnp.where(chosen_order >= 0, chosen_order, jnp.iinfo(jnp.int32).max))
         chosen = jnp.take_along_axis(chosen, by_order, axis=1)

@@ -13,7 +13,8 @@ Policies (which tokens stay once `capacity` slots are full; all keep the newest 
   snapkv  at prefill, the tokens the last `recent` prompt queries attend to most, max-pooled over
           `pool` neighbours (Li et al. 2024); the observation window itself is kept; decode
           appends and, once full, evicts the lowest prefill score.
-Scored policies share one selection per row over the key/value heads (kvpress scores per head).
+Scored policies share one selection per row over the key/value heads (kvpress scores per head);
+on equal scores the newer token stays.
 
 Storage: `bits` None keeps keys and values in `dtype` (default: the model's); 8, 4 or 2 stores
 group-quantised codes (inference/quantize.py):

@@ -3,7 +3,7 @@
 Written from the policy definitions (longctx_jax/inference/spec.py), importing nothing from the
 inference package: per step, the chunk's queries attend over the kept tokens and the chunk
 (causal), the policy's scores are updated from those attention probabilities (or key norms), and
-the cache keeps `capacity` tokens. For "sinks" the step's positions are ranks within the cache
+the cache keeps `capacity` tokens (the highest scores; on a tie, the newer token). For "sinks" the step's positions are ranks within the cache
 (StreamingLLM). Returns the logits of every token and the write orders kept at the end.
 """
 
@@ -103,7 +103,7 @@ def stream(params, cfg, tokens, *, policy, capacity, sinks=0, recent=0, pool=7, 
             kept = [e for e in entries if e < sinks] + entries[-(capacity - sinks) :]
         else:
             forced = [e for e in entries if e >= length_after - recent]
-            rest = sorted((e for e in entries if e not in forced), key=lambda e: -score[e])[
+            rest = sorted((e for e in entries if e not in forced), key=lambda e: (-score[e], -e))[
                 : capacity - len(forced)
             ]
             kept = sorted(forced + rest)

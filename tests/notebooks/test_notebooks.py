@@ -310,3 +310,48 @@ def test_every_notebook_has_a_test():
         "attention_maps.ipynb",
         "retrieval.ipynb",
     ]
+
+
+@pytest.mark.slow
+def test_kv_cache_notebook(tmp_path, monkeypatch):
+    setup, by_length, kept, quantised = execute("kv_cache.ipynb", tmp_path, monkeypatch)
+
+    found = re.search(
+        r"^(\S+): (\d+) layers, (\d+) heads, (\d+) kv heads x (\d+)$", stdout(setup), re.M
+    )
+    assert found, stdout(setup)
+    assert tmp_path in Path(found[1]).parents
+    layers, heads, kv_heads, head_dim = (int(x) for x in found.groups()[1:])
+
+    # 1. Bytes at 16,384 tokens by the closed form 2 * layers * kv_heads * head_dim * bytes.
+    printed = dict(
+        (m[1].strip(), int(m[2].replace(",", "")))
+        for m in re.finditer(r"^(.+?)\s+([\d,]+) bytes at 16,384 tokens", stdout(by_length), re.M)
+    )
+    n = 16384
+    per_token = 2 * layers * head_dim
+    assert printed["MHA float32"] == per_token * kv_heads * 4 * n
+    assert printed["GQA/2 float32"] == per_token * max(1, heads // 2) * 4 * n
+    assert printed["MQA float32"] == per_token * 1 * 4 * n
+    assert printed["MHA bfloat16"] == per_token * kv_heads * 2 * n
+    assert printed["MHA int8"] == per_token * kv_heads * n + 2 * layers * kv_heads * 4 * n
+    assert printed["linear mixer state"] == layers * kv_heads * head_dim**2 * 4
+    assert printed["MHA KIVI int2"] < printed["MHA int4"] < printed["MHA int8"]
+
+    # 2. What the positional policies keep does not depend on the model: check it exactly.
+    shown = dict(re.findall(r"^--- (\w+): keeps 48 of 160\n(.*)$", stdout(kept), re.M))
+    assert set(shown) == {"window", "sinks", "h2o", "tova", "snapkv", "knorm"}
+    for name, line in shown.items():
+        assert len(line) == 160 and 160 - line.count("·") == 48, name
+    assert shown["window"][:112] == "·" * 112 and "·" not in shown["window"][112:]
+    assert "·" not in shown["sinks"][:4] + shown["sinks"][116:]
+    assert shown["sinks"][4:116] == "·" * 112
+    for name in ("h2o", "snapkv", "knorm"):  # recent=8: the last 8 are always kept
+        assert "·" not in shown[name][-8:], name
+
+    # 3. Per-token quantisation: fewer bits, larger logit error.
+    error = dict(
+        (m[1].strip(), float(m[2]))
+        for m in re.finditer(r"^(.+?)\s+mean \|logit error\| ([\d.]+)$", stdout(quantised), re.M)
+    )
+    assert error["int8 per token"] < error["int4 per token"] < error["int2 per token"]
