@@ -213,3 +213,20 @@ def test_cli_bad_input_is_one_line_exit_1(run, tmp_path):
     assert missing.returncode == 1
     assert missing.stderr.startswith("longctx generate: workdir=") and "\n" == missing.stderr[-1]
     assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+def test_streaming_perplexity_script(run, capsys):
+    """experiments/streaming_perplexity.py: one line of buckets per cache; with room for every
+    token (capacity >= length) every cache gives the full cache's numbers."""
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "experiments" / "streaming_perplexity.py"
+    spec = importlib.util.spec_from_file_location("streaming_perplexity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--workdir", str(run), "--capacity", "40", "--length", "33"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("mean NLL (nats/byte) per 16-token bucket, 4 rows")
+    numbers = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(numbers) == {"full", "window", "sinks=4", "sinks=1"}
+    assert all(len(v) == 2 and v == numbers["full"] for v in numbers.values())

@@ -330,11 +330,11 @@ def test_kv_cache_notebook(tmp_path, monkeypatch):
     )
     n = 16384
     per_token = 2 * layers * head_dim
-    assert printed["MHA float32"] == per_token * kv_heads * 4 * n
+    assert printed["MHA float32"] == per_token * heads * 4 * n
     assert printed["GQA/2 float32"] == per_token * max(1, heads // 2) * 4 * n
     assert printed["MQA float32"] == per_token * 1 * 4 * n
-    assert printed["MHA bfloat16"] == per_token * kv_heads * 2 * n
-    assert printed["MHA int8"] == per_token * kv_heads * n + 2 * layers * kv_heads * 4 * n
+    assert printed["MHA bfloat16"] == per_token * heads * 2 * n
+    assert printed["MHA int8"] == per_token * heads * n + 2 * layers * heads * 4 * n
     assert printed["linear mixer state"] == layers * kv_heads * head_dim**2 * 4
     assert printed["MHA KIVI int2"] < printed["MHA int4"] < printed["MHA int8"]
 
