@@ -1,7 +1,7 @@
 """KV-cache memory: MQAR accuracy against the bytes a cache really holds, per eviction policy and
 quantisation, for MHA / GQA / MQA models and the fixed-state linear mixer, at several seeds.
 
-  longctx ablate --config configs/ablations/kv_memory.py:demo   # about 12 min on 2 CPU cores
+  longctx ablate --config configs/ablations/kv_memory.py:demo   # about 9 min on 2 CPU cores
   longctx ablate --config configs/ablations/kv_memory.py        # full: about 45 min
 
 Variants (each trained at every seed; `train.seed` = `data.seed` = the seed), all on MQAR rows

@@ -23,7 +23,7 @@ def _errors(rows):
 
 def plot_kv_memory(results: dict, path) -> None:
     rows = results["rows"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     labels = {r["label"] for r in rows if r["model"] == "mha"}
     policies = [policy for policy in POLICIES if policy in labels]
     full = [r for r in rows if r["model"] == "mha" and r["label"] == "full"]
@@ -44,7 +44,7 @@ def plot_kv_memory(results: dict, path) -> None:
             label=f"MHA, {policy}",
         )
     markers = dict(bf16="P", int8="s", int4="v", int4_kivi="^", int2="<", int2_kivi=">")
-    for label, marker in markers.items():
+    for i, (label, marker) in enumerate(markers.items()):
         points = [r for r in rows if r["label"] == label]
         for r in points:
             ax.errorbar(
@@ -55,6 +55,7 @@ def plot_kv_memory(results: dict, path) -> None:
                 ms=8,
                 capsize=2,
                 linestyle="none",
+                color=plt.cm.Dark2(i),
                 label=f"{r['model'].upper()}, {label}",
             )
     for model in ("gqa", "mqa"):
@@ -65,6 +66,7 @@ def plot_kv_memory(results: dict, path) -> None:
                 yerr=_errors([r]),
                 marker="D",
                 ms=8,
+                color="dimgray" if model == "gqa" else "black",
                 capsize=2,
                 linestyle="none",
                 label=f"{model.upper()}, full cache",
@@ -87,7 +89,7 @@ def plot_kv_memory(results: dict, path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{results['ablation']}: accuracy vs KV-cache bytes (T = {results['seq_len']})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

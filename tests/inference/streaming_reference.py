@@ -3,8 +3,9 @@
 Written from the policy definitions (longctx_jax/inference/spec.py), importing nothing from the
 inference package: per step, the chunk's queries attend over the kept tokens and the chunk
 (causal), the policy's scores are updated from those attention probabilities (or key norms), and
-the cache keeps `capacity` tokens (the highest scores; on a tie, the newer token). For "sinks" the step's positions are ranks within the cache
-(StreamingLLM). Returns the logits of every token and the write orders kept at the end.
+the cache keeps `capacity` tokens (the highest scores; on a tie, the newer token). For "sinks"
+the step's positions are ranks within the cache (StreamingLLM). Returns the logits of every
+token and the write orders kept at the end.
 """
 
 from __future__ import annotations
