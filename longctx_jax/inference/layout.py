@@ -5,6 +5,9 @@ of up to `max_length` tokens: a `KVCache` of `spec.capacity` slots (default `max
 with `attention.window = w` and a "full" spec gets a ring buffer of w slots, which is exact for
 it), or a `LinearCache` for the linear mixer.
 
+`capacity_for_budget(model_config, spec, budget_bytes)` turns a byte budget into slots, so
+every policy and quantisation can be compared at the same bytes.
+
 `cache_bytes(caches)` sums the arrays' nbytes: `payload` (keys, values, quantisation scales,
 DSA's index keys, KIVI's full-precision window, the mixer's state) and `bookkeeping` (positions,
 segment ids, write order, policy scores), both per row. `expected_payload_bytes` is the formula
@@ -19,6 +22,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from longctx_jax import checks
 from longctx_jax.inference import kivi
 from longctx_jax.inference.cache import EMPTY, KVCache, LinearCache, storage_dtype
 from longctx_jax.inference.quantize import quantize
@@ -134,3 +138,28 @@ def expected_payload_bytes(model_config, spec: CacheSpec, capacity: int) -> int:
         key_stats = value_stats
     ring = 2 * kivi.ring_size(spec) * kh * h * float_bytes if spec.kivi else 0
     return layers * (codes + key_stats + value_stats + index + ring)
+
+
+def capacity_for_budget(model_config, spec: CacheSpec, budget_bytes: int) -> int:
+    """The most slots whose payload per sequence fits in `budget_bytes` (a multiple of KIVI's
+    token group): how a policy is budgeted in bytes rather than tokens. ValueError naming the
+    budget when it cannot hold what the policy always keeps (one slot, `sinks` + 1, `recent` + 1).
+    """
+    spec = spec.validate()
+    if checks.is_int(budget_bytes) is False or budget_bytes < 1:
+        checks.fail("cache", "budget_bytes", budget_bytes, "a positive integer")
+    group = spec.token_group if spec.kivi else 1
+    fixed = expected_payload_bytes(model_config, spec, 0)
+    per_group = expected_payload_bytes(model_config, spec, group) - fixed
+    capacity = max(0, (budget_bytes - fixed) // per_group) * group
+    needed = {"sinks": spec.sinks + 1, "h2o": spec.recent + 1, "snapkv": spec.recent + 1}
+    least = max(needed.get(spec.policy, 1), group)
+    if capacity < least:
+        checks.fail(
+            "cache",
+            "budget_bytes",
+            budget_bytes,
+            f"at least {fixed + per_group * -(-least // group):,} bytes ({least} slots of "
+            f"{per_group // group:,} bytes for policy {spec.policy!r})",
+        )
+    return capacity

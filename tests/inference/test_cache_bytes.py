@@ -70,3 +70,28 @@ def test_a_windowed_model_gets_a_ring_of_window_slots():
 def test_bad_specs_are_refused_naming_the_field(spec, overrides, message):
     with pytest.raises(ValueError, match=message):
         allocate(config(overrides), 1, spec, 64)
+
+
+@pytest.mark.parametrize("spec", ["float", "int8", "int2_kivi"])
+def test_a_byte_budget_becomes_the_most_slots_that_fit(spec):
+    from longctx_jax.inference.layout import capacity_for_budget
+
+    cfg, spec = config(), SPECS[spec]
+    budget = 50_000
+    slots = capacity_for_budget(cfg, spec, budget)
+    step = spec.token_group if spec.kivi else 1
+    assert expected_payload_bytes(cfg, spec, slots) <= budget
+    assert expected_payload_bytes(cfg, spec, slots + step) > budget
+    assert cache_bytes(allocate(cfg, 1, spec, slots))["payload"] <= budget
+
+
+def test_a_budget_smaller_than_the_sinks_is_refused():
+    from longctx_jax.inference.layout import capacity_for_budget
+
+    spec = CacheSpec(policy="sinks", sinks=4)
+    per_slot = expected_payload_bytes(config(), spec, 1)
+    with pytest.raises(
+        ValueError, match=r"cache\.budget_bytes=1024: expected at least 1,280 bytes \(5 slots"
+    ):
+        capacity_for_budget(config(), spec, 4 * per_slot)
+    assert capacity_for_budget(config(), spec, 5 * per_slot) == 5
