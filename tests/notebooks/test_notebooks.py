@@ -308,6 +308,7 @@ def test_every_notebook_has_a_test():
     """A new notebook needs a test here that checks what it shows (running is not enough)."""
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [
         "attention_maps.ipynb",
+        "kv_cache.ipynb",
         "retrieval.ipynb",
     ]
 
