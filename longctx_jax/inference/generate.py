@@ -45,10 +45,12 @@ def generate(
     request_ids=None,
     chunk_size: int | None = None,
 ) -> jax.Array:
-    """New tokens int32 [B, max_new_tokens] (module docstring). `request_ids` int [B] (default
-    the row index) name each request's sampling noise: a request gives the same tokens alone or
-    in any batch at any row."""
+    """New tokens int32 [B, max_new_tokens] (module docstring). `params`: the model's variables
+    ({"params": ...}) or the parameter tree itself (what `run.load_model` returns).
+    `request_ids` int [B] (default the row index) name each request's sampling noise: a request
+    gives the same tokens alone or in any batch at any row."""
     cfg = freeze_model_config(model_config)
+    params = as_variables(params)
     prompts, prompt_lengths = _check_prompts(cfg, prompts, prompt_lengths)
     checks.check_positive_int("generate", "max_new_tokens", max_new_tokens)
     spec = (cache or CacheSpec()).validate()
@@ -171,6 +173,7 @@ def cached_logits(
     [B] marks the rest of each row as padding; `return_caches` also returns the caches after;
     `max_length` (default T) is the length the caches are built for (RoPE's `rope_length`)."""
     cfg = freeze_model_config(model_config)
+    params = as_variables(params)
     tokens, lengths = _check_prompts(cfg, tokens, lengths)
     spec = (cache or CacheSpec()).validate()
     t = tokens.shape[1]
@@ -188,6 +191,11 @@ def cached_logits(
 def _cached_logits(cfg, spec, chunk, max_length, params, tokens, lengths):
     caches = allocate(cfg, tokens.shape[0], spec, max_length)
     return _prefill(DecoderLM(cfg), params, caches, tokens, lengths, chunk)
+
+
+def as_variables(params) -> dict:
+    """{"params": tree} whether given the variables or the bare parameter tree."""
+    return params if "params" in params else {"params": params}
 
 
 def cache_logits_fn(model_config, cache: CacheSpec | None = None, chunk_size=1):

@@ -32,6 +32,8 @@ def test_greedy_equals_argmax_of_repeated_full_forwards(overrides, seed):
     lengths = np.array([P, 3, 5])
     got = np.asarray(generate(cfg, params, prompts, max_new_tokens=NEW, prompt_lengths=lengths))
     assert got.shape == (3, NEW) and got.dtype == np.int32
+    bare = generate(cfg, params["params"], prompts, max_new_tokens=NEW, prompt_lengths=lengths)
+    np.testing.assert_array_equal(bare, got)  # load_model's bare tree works too
     for row, length in enumerate(lengths):
         expected = greedy_by_full_forwards(cfg, params, np.asarray(prompts[row, :length]))
         np.testing.assert_array_equal(got[row], expected, err_msg=f"row {row} [seed={seed}]")
