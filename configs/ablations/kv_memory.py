@@ -63,7 +63,7 @@ SIZES = {
         eval_examples=128,
         variants=("mha", "gqa", "mqa", "linear"),
         policies=("window", "sinks", "h2o", "tova", "snapkv", "knorm"),
-        capacities=(4, 6, 8, 10, 12, 16, 20, 24),
+        capacities=(6, 8, 10, 12, 16, 20, 24),
         quantisations=("bf16", "int8", "int4", "int4_kivi", "int2", "int2_kivi"),
     ),
 }
