@@ -32,11 +32,11 @@ import jax.numpy as jnp
 from longctx_jax.attention import AttentionMask, attention_weights
 from longctx_jax.attention.sparse import index_scores, sparse_attention
 from longctx_jax.inference import kivi
-from longctx_jax.inference.quantize import Quantized, dequantize, quantize
+from longctx_jax.inference.quantize import Quantized, dequantize
 from longctx_jax.inference.spec import SCORED, CacheSpec
-from longctx_jax.model.attention_block import attend, rope_for_length
+from longctx_jax.model.attention_block import attend, model_alibi_slopes, rope_for_length
 from longctx_jax.model.sparse_block import oracle_scores, select_keys
-from longctx_jax.positions import alibi_slopes, apply_rope
+from longctx_jax.positions import apply_rope
 from pallas_kernels.decode_attention import decode_attention
 
 EMPTY = -2  # segment id (and order -1) of a slot that holds no token
@@ -101,13 +101,12 @@ class KVCache:
         out = self._attention(q, keys, values, mask, index_features, index_keys)
         weights = None
         if self.spec.policy in ("h2o", "tova", "snapkv"):
-            slopes = alibi_slopes(cfg.num_heads) if cfg.position.kind == "alibi" else None
             weights = attention_weights(
                 q,
                 keys,
                 mask=mask,
                 logits_soft_cap=cfg.attention.logits_soft_cap,
-                alibi_slopes=slopes,
+                alibi_slopes=model_alibi_slopes(cfg),
             )
         if index_features is not None:
             new["index_keys"] = index_features[1]
@@ -148,7 +147,7 @@ class KVCache:
             window=cfg.attention.window,
             scale=cfg.head_dim**-0.5,
             soft_cap=cfg.attention.logits_soft_cap,
-            slopes=alibi_slopes(cfg.num_heads) if cfg.position.kind == "alibi" else None,
+            slopes=model_alibi_slopes(cfg),
             bits=self.spec.bits,
             **stored,
         )
@@ -224,8 +223,7 @@ class KVCache:
         spec = self.spec
         if spec.bits is None:
             return x.astype(storage_dtype(self.spec, self.model))
-        group = spec.channel_group(x.shape[-1])
-        return quantize(x, spec.bits, axis=-1, group_size=group, symmetric=spec.bits == 8)
+        return spec.token_codes(x)
 
     def _slot(self, order, length):
         """Slot of each new token for the positional policies; `capacity` (dropped) for padding

@@ -26,7 +26,7 @@ import numpy as np
 
 from longctx_jax import checks
 from longctx_jax.inference.cache import PAD
-from longctx_jax.inference.layout import allocate, capacity_for
+from longctx_jax.inference.layout import allocate, resolve_spec
 from longctx_jax.inference.sampling import Sampling, sample
 from longctx_jax.inference.spec import CacheSpec
 from longctx_jax.model.transformer import DecoderLM, freeze_model_config
@@ -248,14 +248,12 @@ def _check_prompts(cfg, prompts, prompt_lengths):
 
 def _check_fits(cfg, spec: CacheSpec, needed: int, max_length: int) -> None:
     """ValueError, before compiling, when a "full" cache cannot hold the sequence."""
-    capacity = capacity_for(cfg, spec, max_length)
-    if spec.policy == "full" and capacity < needed and cfg.attention.kind != "linear":
-        windowed = cfg.attention.window is not None and spec.capacity is None and not spec.kivi
-        if not windowed:
-            raise ValueError(
-                f"cache.capacity={capacity}: a prompt plus new tokens of {needed} tokens does not "
-                "fit a cache without eviction; expected capacity >= that, or an evicting policy"
-            )
+    spec = resolve_spec(cfg, spec, max_length)
+    if spec.policy == "full" and spec.capacity < needed and cfg.attention.kind != "linear":
+        raise ValueError(
+            f"cache.capacity={spec.capacity}: a prompt plus new tokens of {needed} tokens does "
+            "not fit a cache without eviction; expected capacity >= that, or an evicting policy"
+        )
 
 
 def _check_chunk(chunk_size, length: int) -> int:

@@ -33,17 +33,11 @@ def quantised_count(spec, length):
 
 def quantise_group(spec, keys_BGKH, values_BGKH) -> tuple[Quantized, Quantized]:
     """One group of G tokens -> (key codes, value codes) in the store's layout."""
-    symmetric = spec.bits == 8
-    h = keys_BGKH.shape[-1]
     if spec.key_quant == "channel":
         keys = quantize(keys_BGKH, spec.bits, axis=1, group_size=spec.token_group, symmetric=False)
     else:
-        keys = quantize(
-            keys_BGKH, spec.bits, axis=-1, group_size=spec.channel_group(h), symmetric=symmetric
-        )
-    values = quantize(
-        values_BGKH, spec.bits, axis=-1, group_size=spec.channel_group(h), symmetric=symmetric
-    )
+        keys = spec.token_codes(keys_BGKH)
+    values = spec.token_codes(values_BGKH)
     return keys, values
 
 

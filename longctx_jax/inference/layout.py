@@ -25,36 +25,29 @@ import jax.numpy as jnp
 from longctx_jax import checks
 from longctx_jax.inference import kivi
 from longctx_jax.inference.cache import EMPTY, KVCache, LinearCache, storage_dtype
-from longctx_jax.inference.quantize import quantize
 from longctx_jax.inference.spec import SCORED, CacheSpec, check_spec_for_model
 from longctx_jax.model.linear_mixer import STATE_DTYPE
 from longctx_jax.model.transformer import freeze_model_config
 
 
-def capacity_for(model_config, spec: CacheSpec, max_length: int) -> int:
-    """Slots per row: the spec's capacity, else the window of a windowed model, else max_length."""
+def resolve_spec(model_config, spec: CacheSpec, max_length: int) -> CacheSpec:
+    """The spec with its capacity set: its own, else for a model with `attention.window` w <
+    max_length and a "full" float or per-token spec a ring of w slots (policy "window", exact
+    for that model), else max_length."""
     if spec.capacity is not None:
-        return spec.capacity
+        return spec
     window = model_config.attention.window
-    if window is not None and spec.policy == "full" and not spec.kivi:
-        return min(window, max_length)
-    return max_length
+    if window is not None and window < max_length and spec.policy == "full" and not spec.kivi:
+        return dataclasses.replace(spec, policy="window", capacity=window)
+    return dataclasses.replace(spec, capacity=max_length)
 
 
 def allocate(model_config, batch: int, spec: CacheSpec | None, max_length: int) -> list:
     """One empty cache per layer (module docstring); ValueError for a spec this model cannot use."""
     cfg = freeze_model_config(model_config)
-    spec = (spec or CacheSpec()).validate()
-    capacity = capacity_for(cfg, spec, max_length)
+    spec = resolve_spec(cfg, (spec or CacheSpec()).validate(), max_length)
+    capacity = spec.capacity
     check_spec_for_model(spec, cfg, capacity)
-    if (
-        spec.capacity is None
-        and cfg.attention.window is not None
-        and spec.policy == "full"
-        and not spec.kivi
-        and capacity < max_length
-    ):
-        spec = dataclasses.replace(spec, policy="window", capacity=capacity)
     statics = dict(spec=spec, model=cfg, rope_length=max_length)
     b, kh, h = batch, cfg.num_kv_heads, cfg.head_dim
     if cfg.attention.kind == "linear":
@@ -69,9 +62,7 @@ def allocate(model_config, batch: int, spec: CacheSpec | None, max_length: int) 
         keys, values = kivi.quantise_group(spec, zeros, zeros)
         ring = jnp.zeros((b, kivi.ring_size(spec), kh, h), dtype)
     elif spec.bits is not None:
-        keys = values = quantize(
-            zeros, spec.bits, axis=-1, group_size=spec.channel_group(h), symmetric=spec.bits == 8
-        )
+        keys = values = spec.token_codes(zeros)
         ring = None
     else:
         keys = values = zeros

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 
 from longctx_jax import checks
-from longctx_jax.inference.quantize import BITS
+from longctx_jax.inference.quantize import BITS, Quantized, quantize
 
 POLICIES = ("full", "window", "sinks", "h2o", "tova", "knorm", "snapkv")
 SCORED = ("h2o", "tova", "knorm", "snapkv")
@@ -137,6 +137,12 @@ class CacheSpec:
     def channel_group(self, head_dim: int) -> int:
         """Channels per quantisation group of a per-token code (values; keys unless KIVI)."""
         return head_dim if self.group_size is None else self.group_size
+
+    def token_codes(self, x) -> Quantized:
+        """x [..., head_dim] quantised per token over groups of `channel_group` channels:
+        symmetric absmax at 8 bits, min-max below (values always; keys unless KIVI)."""
+        group = self.channel_group(x.shape[-1])
+        return quantize(x, self.bits, axis=-1, group_size=group, symmetric=self.bits == 8)
 
     @property
     def token_group(self) -> int:

@@ -44,7 +44,7 @@ def attend(q_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
     Returns [B, T, N, H] in q's dtype. With `capture`, also computes `attention_weights` (float32
     [B, N, T, S], O(T*S) memory) and hands them over; without it, nothing extra is computed.
     """
-    slopes = alibi_slopes(cfg.num_heads) if cfg.position.kind == "alibi" else None
+    slopes = model_alibi_slopes(cfg)
     options = dict(mask=mask, logits_soft_cap=cfg.attention.logits_soft_cap, alibi_slopes=slopes)
     if capture is not None:
         capture("attention_weights", attention_weights(q_BTNH, k_BSKH, v_BSKH, **options))
@@ -61,6 +61,11 @@ def attend(q_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
         impl=cfg.attention.impl,
         **options,
     )
+
+
+def model_alibi_slopes(cfg):
+    """[num_heads] ALiBi slopes for position.kind "alibi", else None."""
+    return alibi_slopes(cfg.num_heads) if cfg.position.kind == "alibi" else None
 
 
 def context_parallel_axis() -> str | None:
