@@ -9,6 +9,9 @@ stream) and continues to `train.steps`. The run directory stays trustworthy:
     non-finite state stops the run and is never checkpointed;
   * metrics.jsonl and TensorBoard hold each step once, however often the run was interrupted;
   * tokens/s is measured after the device has finished the steps it counts;
+  * the trained pair distances and document-piece lengths of every batch consumed are counted
+    (`data.stats`), kept in the data iterator's checkpoint state (so they resume exactly),
+    written to WORKDIR/data_stats.json at each checkpoint and logged as `data/*`;
   * SIGTERM / SIGINT (from process start when run by the CLI) checkpoint and stop.
 """
 
@@ -23,8 +26,10 @@ from tqdm import tqdm
 from longctx_jax import sharding
 from longctx_jax.config import validate_config
 from longctx_jax.data.pipeline import make_train_iterator
+from longctx_jax.data.stats import StatsIterator, TrainedDistances
 from longctx_jax.eval import registry
 from longctx_jax.eval.checkpoint_eval import write_eval_results
+from longctx_jax.provenance import write_results
 from longctx_jax.run import Run, build_run
 from longctx_jax.train import checkpointing, preemption, rundir
 from longctx_jax.train.metrics import MetricWriter
@@ -65,11 +70,14 @@ def _train(config, workdir: Path) -> dict:
     run = build_run(config)
     config = run.config
     shards = sharding.length_shards(run.mesh, run.rules)
-    data = make_train_iterator(
-        config.data,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        context_parallel=(shards, config.mesh.context_parallel_layout) if shards > 1 else None,
+    data = StatsIterator(
+        make_train_iterator(
+            config.data,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            context_parallel=(shards, config.mesh.context_parallel_layout) if shards > 1 else None,
+        ),
+        TrainedDistances(config.data.seq_len),
     )
     manager = run.checkpoints(workdir)
     try:
@@ -114,7 +122,7 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
     progress = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main)
     last: dict = {}
     clock = dict(time=time.perf_counter(), step=start)
-    pending = None  # (step, metrics) dispatched but not yet fetched
+    pending = None  # (step, metrics, data scalars) dispatched but not yet fetched
 
     def fetch(extra=None, now=None):
         """Waits for the pending step, checks it is finite, and logs it if due (with `extra`:
@@ -122,7 +130,7 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
         nonlocal pending, last
         if pending is None:
             return
-        step, metrics = pending
+        step, metrics, data_scalars = pending
         pending = None
         metrics = jax.device_get(metrics)  # synchronises: the clock is read after this
         if not bool(metrics["finite"]):
@@ -136,7 +144,7 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
             rate = (step - clock["step"]) * tokens_per_step / (now - clock["time"])
             clock.update(time=now, step=step)
             last = _scalars(metrics, rate, buckets)
-            writer.write(step, last | (extra or {}))
+            writer.write(step, last | data_scalars | (extra or {}))
             progress.set_postfix(loss=f"{last['loss']:.4f}")
 
     def evaluate(step):
@@ -165,17 +173,19 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
                 state, metrics = run.step(state, batch)  # dispatch step t ...
             fetch()  # ... then check and log step t - 1 while step t runs
             done = step + 1
-            pending = (done, metrics)
+            pending = (done, metrics, data.stats.scalars())
             progress.update(1)
             evaluate(done)  # outside the mesh scope: evaluators run on the params' own devices
             if done % config.train.checkpoint_every == 0 or done == steps:
                 fetch()  # never checkpoint a state that was not checked
                 checkpointing.save(manager, done, state, data)
+                _write_data_stats(workdir, done, data.stats, writer, is_main)
         fetch()
         if stopped:
             done = int(jax.device_get(state.step))
             if done not in manager.all_steps() and done > start:
                 checkpointing.save(manager, done, state, data)
+                _write_data_stats(workdir, done, data.stats, writer, is_main)
             saved = manager.latest_step()
             where = f"checkpoint step {saved}" if saved is not None else "no checkpoint yet"
             raise Preempted(f"{stopped} after step {done}: {where} in {workdir}")
@@ -183,6 +193,24 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
         progress.close()
         writer.close()
     return last
+
+
+def _write_data_stats(workdir: Path, step: int, stats: TrainedDistances, writer, is_main) -> None:
+    """WORKDIR/data_stats.json and a TensorBoard histogram of trained pair distances at `step`,
+    summed over processes (each counted its own rows)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        total = TrainedDistances(stats.seq_len)
+        gathered = multihost_utils.process_allgather(
+            dict(pairs=stats.pairs, pieces=stats.piece_lengths, batches=stats.batches)
+        )
+        total.pairs, total.piece_lengths = gathered["pairs"].sum(0), gathered["pieces"].sum(0)
+        total.batches = int(gathered["batches"].max())  # one batch per step in each process
+        stats = total
+    if is_main:
+        write_results(workdir / "data_stats.json", dict(step=step) | stats.summary())
+        writer.histogram("data/pair_distance", stats.pairs, step)
 
 
 def _gathered(params):

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from tensorboardX import SummaryWriter
 
 
@@ -40,6 +41,28 @@ class MetricWriter:
             self._tb.add_scalar(name, value, step)
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        self._tb.flush()
+
+    def histogram(self, name: str, counts, step: int) -> None:
+        """A TensorBoard histogram of integer-valued samples given as counts per value 0, 1, ..."""
+        if not self.enabled:
+            return
+        counts = np.asarray(counts, np.float64)
+        values = np.arange(len(counts), dtype=np.float64)
+        total = counts.sum()
+        if total == 0:
+            return
+        self._tb.add_histogram_raw(
+            name,
+            min=float(values[counts > 0].min()),
+            max=float(values[counts > 0].max()),
+            num=float(total),
+            sum=float((counts * values).sum()),
+            sum_squares=float((counts * values**2).sum()),
+            bucket_limits=(values + 0.5).tolist(),
+            bucket_counts=counts.tolist(),
+            global_step=step,
+        )
         self._tb.flush()
 
     def close(self) -> None:

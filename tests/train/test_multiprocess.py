@@ -76,3 +76,9 @@ def test_two_processes_match_one(tmp_path):
     multi, one = losses(tmp_path / "multi"), losses(tmp_path / "single")
     assert len(multi) == len(one) == 3
     assert multi == pytest.approx(one, rel=1e-5)
+    # each process counted its own rows; the file holds their sum, as one process counts them
+    stats = [
+        json.loads((tmp_path / run / "data_stats.json").read_text()) for run in ("multi", "single")
+    ]
+    for key in ("batches", "pairs", "piece_lengths"):
+        assert stats[0][key] == stats[1][key]

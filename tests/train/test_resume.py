@@ -41,6 +41,10 @@ def test_resume_is_bitwise_identical(straight, tmp_path):
 
     assert losses(straight) == losses(split)
     assert sorted(losses(split)) == [1, 2, 3, 4, 5, 6]
+    # the trained-distance counts resume with the data stream
+    a, b = (json.loads((d / "data_stats.json").read_text()) for d in (straight, split))
+    assert a["batches"] == b["batches"] == 6
+    assert (a["pairs"], a["piece_lengths"]) == (b["pairs"], b["piece_lengths"])
     a, b = checkpointed_params(straight, 6), checkpointed_params(split, 6)
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
