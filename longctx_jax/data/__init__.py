@@ -19,11 +19,22 @@ from longctx_jax.data.config import (
     default_data_config,
     validate_data_config,
 )
-from longctx_jax.data.lengths import LengthDistribution, sample_power_law_length
+from longctx_jax.data.lengths import (
+    LengthDistribution,
+    sample_power_law_length,
+    upsample_weights,
+    upsampled_stream,
+)
 from longctx_jax.data.packing import ROW_KEYS, finalize_row, pack_documents
-from longctx_jax.data.pipeline import make_eval_batches, make_train_dataset, make_train_iterator
+from longctx_jax.data.pipeline import (
+    make_eval_batches,
+    make_train_dataset,
+    make_train_iterator,
+    train_documents,
+)
 from longctx_jax.data.sources import (
     ByteFileSource,
+    JoinedFileSource,
     document_dataset,
     document_source,
     folder_files,
@@ -59,6 +70,7 @@ __all__ = [
     "TASK_KINDS",
     "VOCAB_SIZE",
     "ByteFileSource",
+    "JoinedFileSource",
     "LengthDistribution",
     "PasskeyExample",
     "TaskExample",
@@ -86,7 +98,10 @@ __all__ = [
     "stdlib_files",
     "task_row",
     "task_row_dataset",
+    "train_documents",
     "train_task_seed",
+    "upsample_weights",
+    "upsampled_stream",
     "validate_data_config",
     "validate_task_config",
 ]

@@ -26,8 +26,13 @@ def test_default_config_is_valid_and_has_the_contract_fields():
         "max_doc_len",
         "power_law_alpha",
         "document_masking",
+        "mixture",
+        "upsample_min_len",
+        "upsample_ratio",
+        "join_packages",
     ):
         assert field in config
+    assert config.length_distribution == "as_is" and config.join_packages is False
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,10 @@ def test_default_config_is_valid_and_has_the_contract_fields():
         ("batch_size", 0, ">= 1"),
         ("seed", -1, "2**32"),
         ("length_distribution", "zipf", "one of"),
+        ("upsample_min_len", 0, ">= 1"),
+        ("upsample_ratio", 0.0, "> 0"),
+        ("upsample_ratio", -2.0, "> 0"),
+        ("join_packages", 1, "bool"),
         ("min_doc_len", 0, ">= 1"),
         ("power_law_alpha", -1.0, ">= 0"),
         ("power_law_alpha", float("inf"), "finite"),
@@ -99,3 +108,31 @@ def test_folder_without_matches_is_an_error(tmp_path):
     config.folder_glob = str(tmp_path / "*.txt")
     with pytest.raises(ValueError, match="matched no non-empty files"):
         make_train_iterator(config)
+
+
+@pytest.mark.parametrize(
+    "fractions, lengths, field",
+    [
+        ((0.5, 0.6), ((1, 2), (3, 4)), "fractions"),  # sum 1.1
+        ((1.5, -0.5), ((1, 2), (3, 4)), "fractions"),  # sums to 1, outside [0, 1]
+        ((), (), "fractions"),
+        ((0.4, 0.6), ((1, 2),), "lengths"),  # one range for two fractions
+        ((1.0,), ((0, 2),), "lengths"),  # lo < 1
+        ((1.0,), ((5, 4),), "lengths"),  # hi < lo
+        ((1.0,), ((1.0, 4),), "lengths"),  # not integers
+    ],
+)
+def test_bad_mixture_is_named(fractions, lengths, field):
+    fields = default_data_config().to_dict()
+    fields["mixture"] = {"fractions": fractions, "lengths": lengths}
+    with pytest.raises(ValueError, match=rf"data\.mixture\.{field}=") as error:
+        validate_data_config(ml_collections.ConfigDict(fields))
+    assert repr((fractions, lengths)[field == "lengths"]) in str(error.value)
+
+
+def test_accepted_mixtures_and_long_documents():
+    fields = default_data_config().to_dict()
+    # As a JSON round trip gives them back: lists; a sum off by under 1e-6.
+    fields["mixture"] = {"fractions": [0.3, 0.7000005, 0.0], "lengths": [[1, 1], [2, 9], [3, 3]]}
+    fields["max_doc_len"] = 100 * fields["seq_len"]  # documents run on into the next rows
+    validate_data_config(ml_collections.ConfigDict(fields))

@@ -77,6 +77,11 @@ def test_context_parallel_lays_out_every_key(layout):
         ({"seq_len": 1024, "length_distribution": "truncated", "max_doc_len": 300}, (0, 1)),
         ({"length_distribution": "power_law"}, (1, 2)),
         ({"process_sharding": "batch"}, (1, 2)),
+        ({"length_distribution": "uniform", "min_doc_len": 16, "max_doc_len": 600}, (0, 1)),
+        ({"length_distribution": "mixture"}, (1, 2)),
+        ({"length_distribution": "upsample", "join_packages": True}, (0, 1)),
+        ({"length_distribution": "upsample", "upsample_min_len": 20_000}, (1, 2)),
+        ({"length_distribution": "upsample", "process_sharding": "batch"}, (1, 2)),
     ],
 )
 def test_resume_is_bitwise(seed, overrides, process):

@@ -8,6 +8,7 @@ import pytest
 
 from longctx_jax.data import (
     ByteFileSource,
+    JoinedFileSource,
     default_data_config,
     document_dataset,
     document_source,
@@ -15,7 +16,7 @@ from longctx_jax.data import (
     split_files,
     stdlib_files,
 )
-from longctx_jax.data.sources import stdlib_root
+from longctx_jax.data.sources import is_validation_file, stdlib_root
 
 
 def test_stdlib_corpus_is_non_trivial_library_code():
@@ -106,3 +107,62 @@ def test_byte_file_source_is_a_plain_sequence(tmp_path):
     source = ByteFileSource(tmp_path, ["a"])
     assert len(source) == 1 and source[0].tolist() == [0, 255, 97, 98]
     assert "num_files=1" in repr(source)
+
+
+def test_lengths_are_the_file_sizes_and_domains_the_first_folder():
+    source = document_source(default_data_config(), "train")
+    lengths = source.lengths()
+    assert lengths.dtype == np.int64 and len(lengths) == len(source)
+    for index in (0, len(source) // 2, len(source) - 1):
+        assert lengths[index] == len(source[index])
+    domains = dict(zip(source.relpaths, source.domains(), strict=True))
+    assert domains["os.py"] == "" and domains["email/mime/text.py"] == "email"
+
+
+def test_join_packages_joins_each_folders_files_in_path_order(tmp_path):
+    texts = {
+        "a/x.txt": b"x1\nx2",
+        "a/y.txt": b"y",
+        "a/b/z.txt": b"zz",
+        "c/w.txt": b"w",
+        "top1.txt": b"t1",
+        "top2.txt": b"t2\n",
+    }
+    for relpath, text in texts.items():
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relpath).write_bytes(text)
+    config = default_data_config()
+    config.source, config.folder_glob = "folder", str(tmp_path / "**" / "*.txt")
+    config.join_packages, config.validation_fraction = True, 0.0
+    source = document_source(config, "train")
+    assert isinstance(source, JoinedFileSource)
+    want = {
+        "a": b"x1\nx2\ny",
+        "a/b": b"zz",
+        "c": b"w",
+        "top1.txt": b"t1",
+        "top2.txt": b"t2\n",
+    }
+    assert source.names == tuple(want)  # sorted names
+    assert [source[i].tobytes() for i in range(len(source))] == list(want.values())
+    assert source.lengths().tolist() == [len(text) for text in want.values()]
+    assert source.domains() == ["a", "a", "c", "", ""]
+    config.validation_fraction = 0.5  # the split is by the document's name
+    validation = document_source(config, "validation").names
+    assert validation == tuple(n for n in want if is_validation_file(n, 0.5))
+    assert document_source(config, "train").names == tuple(n for n in want if n not in validation)
+
+
+def test_join_packages_on_the_stdlib():
+    config = default_data_config()
+    config.join_packages = True
+    root, relpaths = stdlib_files()
+    sources = [document_source(config, split) for split in ("train", "validation")]
+    names = {name: (source, i) for source in sources for i, name in enumerate(source.names)}
+    assert "os.py" in names and "email" in names and "email/mime" in names
+    source, index = names["json"]
+    files = sorted(p for p in relpaths if p.startswith("json/") and p.count("/") == 1)
+    assert source.files[index] == tuple(files) and len(files) > 2
+    want = b"\n".join((root / p).read_bytes() for p in files)
+    assert source[index].tobytes() == want and source.lengths()[index] == len(want)
+    assert max(max(source.lengths()) for source in sources) > 100_000  # long documents exist

@@ -185,7 +185,7 @@ def test_task_only_reads_no_document(monkeypatch):
     def no_documents(*args, **kwargs):
         raise AssertionError("fraction=1.0 read the LM corpus")
 
-    monkeypatch.setattr(pipeline_module, "document_dataset", no_documents)
+    monkeypatch.setattr(pipeline_module, "document_source", no_documents)
     take(make_train_iterator(task_config()), 2)
     with pytest.raises(AssertionError, match="read the LM corpus"):
         make_train_iterator(task_config(fraction=0.5))
