@@ -42,9 +42,15 @@ def reference_weights(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
     s, ok = masked_logits(
         q_BKGTH, kT_BKHS, parts, scale=scale, soft_cap=soft_cap, slopes_KG=slopes_KG
     )
-    row_max = jnp.max(s, axis=-1, keepdims=True)
+    return visible_softmax(s, ok)
+
+
+def visible_softmax(s_BKGTS, ok) -> jax.Array:
+    """Row softmax over the visible keys, [B, K, G, T, S] logits -> [B, K * G, T, S] float32;
+    rows with no visible key are all 0."""
+    row_max = jnp.max(s_BKGTS, axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    p = jnp.where(ok, jnp.exp(s - row_max), 0.0)
+    p = jnp.where(ok, jnp.exp(s_BKGTS - row_max), 0.0)
     denom = jnp.sum(p, axis=-1, keepdims=True)
     p = p / jnp.where(denom > 0, denom, 1.0)
     b, kh, g, t, sl = p.shape
@@ -53,8 +59,13 @@ def reference_weights(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
 
 def reference_attention(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes):
     """Dense attention output [B, T, N, H] in q's dtype."""
-    num_kv_heads = k.shape[2]
     p = reference_weights(q, k, v, mask, scale=scale, soft_cap=soft_cap, slopes=slopes)
+    return weighted_values(p, v).astype(q.dtype)
+
+
+def weighted_values(p, v) -> jax.Array:
+    """Probabilities p [B, N, T, S] times v [B, S, K, H] -> [B, T, N, H] float32."""
+    num_kv_heads = v.shape[2]
     b, n, t, s = p.shape
     p_BKGTS = p.reshape(b, num_kv_heads, n // num_kv_heads, t, s)
     out = jnp.einsum(
@@ -63,4 +74,4 @@ def reference_attention(q, k, v, mask: ResolvedMask, *, scale, soft_cap, slopes)
         v.transpose(0, 2, 1, 3),
         preferred_element_type=jnp.float32,
     )
-    return merge_heads(out).astype(q.dtype)
+    return merge_heads(out)

@@ -26,7 +26,8 @@ row), whatever the training length: a model trained at length L evaluated at eva
 positions it never saw. That extrapolation is the point of the measurement.
 
 Eval-time context extension (PI, NTK, dynamic NTK, YaRN, Llama 3 applied to a model trained with
-plain RoPE) changes only the model config, never the parameters: `with_eval_rope` returns it.
+plain RoPE) and STRING's shifted distances change only the model config, never the parameters:
+`with_eval_rope` returns it.
 
 `by_position`: the mean NLL (nats) of scored targets per bucket of window position. `buckets`
 is a number n of equal-width buckets (edges round(i * eval_len / n), default 16) or an explicit
@@ -60,7 +61,7 @@ from longctx_jax.model import DecoderLM, freeze_model_config
 LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 DEFAULT_BUCKETS = 16
-EVAL_ROPE_KINDS = ("default", "linear", "ntk", "dynamic", "yarn", "llama3")
+EVAL_ROPE_KINDS = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "string")
 
 
 def model_logits_fn(model_config) -> LogitsFn:
@@ -76,9 +77,10 @@ def model_logits_fn(model_config) -> LogitsFn:
 def with_eval_rope(model_config, kind: str, train_len: int, eval_len: int, **scaling):
     """A copy of a plain-RoPE model config with eval-time RoPE scaling `kind` for eval_len.
 
-    The parameters stay the same; only the rotation frequencies (and for YaRN a cos/sin scale)
-    change. factor = max(1, eval_len / train_len) (rope factors must be >= 1: at eval_len <=
-    train_len every kind is plain RoPE, bit for bit). Per kind, the `rope_scaling` fields set:
+    The parameters stay the same; only the rotation frequencies (YaRN: also a cos/sin scale;
+    STRING: the far relative distances) change. factor = max(1, eval_len / train_len) (rope
+    factors must be >= 1: at eval_len <= train_len every kind but "string" is plain RoPE, bit for
+    bit). Per kind, the `rope_scaling` fields set:
 
       default  none (plain RoPE extrapolation: the baseline).
       linear   factor (position interpolation: every frequency / factor, i.e. positions / factor).
@@ -92,10 +94,16 @@ def with_eval_rope(model_config, kind: str, train_len: int, eval_len: int, **sca
                attention factor 0.1 ln(factor) + 1: the Hugging Face defaults).
       llama3   factor, original_max_position_embeddings=train_len, low_freq_factor=1.0,
                high_freq_factor=4.0 (Llama 3.1's values).
+      string   no rope_scaling: position.string_shift = train_len // 3 and string_window =
+               max(1, min(128, train_len // 8)) (STRING, An et al. 2024: distances d >= shift
+               are read at d - shift + window; the paper's S = N / 3, W = 128), at every
+               eval_len, since STRING helps within the training length too.
 
-    `**scaling` overrides or adds `rope_scaling` fields (Hugging Face names, e.g. beta_fast=16.0).
-    The input must be a `position.kind="rope"`, `rope_kind="default"` config (what these schemes
-    extend); the result has the input's type (ConfigDict or FrozenConfigDict) and is validated.
+    `**scaling` overrides or adds `rope_scaling` fields (Hugging Face names, e.g. beta_fast=16.0);
+    for "string" it takes `shift=` and `window=` instead.
+    The input must be a `position.kind="rope"`, `rope_kind="default"` config without STRING (what
+    these schemes extend); the result has the input's type (ConfigDict or FrozenConfigDict) and is
+    validated.
     """
     if kind not in EVAL_ROPE_KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {EVAL_ROPE_KINDS}")
@@ -104,12 +112,31 @@ def with_eval_rope(model_config, kind: str, train_len: int, eval_len: int, **sca
     frozen_input = isinstance(model_config, ml_collections.FrozenConfigDict)
     # as_configdict() can hand back the ConfigDict the frozen one was built from: copy it too.
     cfg = copy.deepcopy(model_config.as_configdict() if frozen_input else model_config)
-    if cfg.position.kind != "rope" or cfg.position.rope_kind != "default":
+    position = cfg.position
+    if position.kind != "rope" or position.rope_kind != "default" or position.string_shift:
         raise ValueError(
-            f"model_config.position (kind={cfg.position.kind!r}, rope_kind="
-            f"{cfg.position.rope_kind!r}): expected kind='rope', rope_kind='default' (eval-time "
-            "scaling extends a model trained with plain RoPE)"
+            f"model_config.position (kind={position.kind!r}, rope_kind={position.rope_kind!r}, "
+            f"string_shift={position.string_shift!r}): expected kind='rope', "
+            "rope_kind='default', string_shift=0 (eval-time scaling extends a model trained with "
+            "plain RoPE)"
         )
+    if kind == "string":
+        string = {"shift": train_len // 3, "window": max(1, min(128, train_len // 8))}
+        unknown = sorted(set(scaling) - set(string))
+        if unknown:
+            raise ValueError(
+                f"kind='string': unexpected arguments {unknown}; expected shift=, window="
+            )
+        string |= scaling
+        position.string_shift, position.string_window = string["shift"], string["window"]
+    else:
+        _set_rope_scaling(cfg, kind, train_len, eval_len, scaling)
+    frozen = freeze_model_config(cfg)  # validates: rope_frequencies must accept the fields
+    return frozen if frozen_input else cfg
+
+
+def _set_rope_scaling(cfg, kind: str, train_len: int, eval_len: int, scaling: dict) -> None:
+    """Sets cfg.position's rope_kind and rope_scaling fields for `with_eval_rope`'s `kind`."""
     factor = max(1.0, eval_len / train_len)
     fields = {
         "default": {},
@@ -137,8 +164,6 @@ def with_eval_rope(model_config, kind: str, train_len: int, eval_len: int, **sca
             )
         rope_scaling[name] = value
     cfg.position.rope_kind = kind
-    frozen = freeze_model_config(cfg)  # validates: rope_frequencies must accept the fields
-    return frozen if frozen_input else cfg
 
 
 def sliding_windows(num_targets: int, eval_len: int, stride: int) -> list[tuple[int, int]]:

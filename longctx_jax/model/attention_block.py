@@ -13,6 +13,11 @@ computed: when the current mesh (`jax.set_mesh`) and logical rules shard `length
 one device, it calls `context_parallel_attention` with the `attention.context_parallel` strategy.
 `attention.window` (sliding window) rides in the mask too.
 
+STRING (`position.string_shift` S > 0, an evaluation-time option): the block also rotates the
+queries at q_pos - S + string_window and hands both rotations to `string_attend`, which reads the
+pairs at distance >= S from the shifted ones (attention/string_attention.py). Dense, no KV cache,
+no context parallelism.
+
 Decoding with a KV cache (`cache=` a layer cache from longctx_jax/inference/cache.py): the block
 computes q, k, v (RoPE at `cache.rope_length`, a static length, so that dynamic NTK and LongRoPE
 rotate as a forward pass of that length does) and the indexer's features, and hands them to
@@ -29,7 +34,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longctx_jax.attention import AttentionMask, attention, attention_weights
+from longctx_jax.attention import (
+    AttentionMask,
+    attention,
+    attention_weights,
+    string_attention,
+    string_weights,
+)
 from longctx_jax.attention.ring import context_parallel_attention
 from longctx_jax.model.config import rope_scaling_kwargs
 from longctx_jax.model.layers import normal_init
@@ -61,6 +72,24 @@ def attend(q_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
         impl=cfg.attention.impl,
         **options,
     )
+
+
+def string_attend(q_BTNH, q_far_BTNH, k_BSKH, v_BSKH, *, mask: AttentionMask, cfg, capture=None):
+    """`attend` for STRING (position.string_shift > 0): q_far_BTNH is q rotated at
+    q_pos - string_shift + string_window; `capture` as in `attend`."""
+    axis = context_parallel_axis()
+    if axis is not None:
+        raise ValueError(
+            f"model.position.string_shift={cfg.position.string_shift} with the logical axis "
+            f"'length' sharded over mesh axis {axis!r}: STRING has no context-parallel "
+            "implementation; expected 'length' unsharded (mesh.sequence=1)"
+        )
+    options = dict(
+        shift=cfg.position.string_shift, mask=mask, logits_soft_cap=cfg.attention.logits_soft_cap
+    )
+    if capture is not None:
+        capture("attention_weights", string_weights(q_BTNH, q_far_BTNH, k_BSKH, v_BSKH, **options))
+    return string_attention(q_BTNH, q_far_BTNH, k_BSKH, v_BSKH, **options)
 
 
 def model_alibi_slopes(cfg):
@@ -137,10 +166,20 @@ class SelfAttention(nn.Module):
         k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wk_DKH)
         v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wv_DKH)
 
+        string = cfg.position.string_shift > 0
+        if string and cache is not None:
+            raise ValueError(
+                f"model.position.string_shift={cfg.position.string_shift}: STRING is not "
+                "supported with a KV cache (decoding); expected 0 (evaluate STRING with full "
+                "forward passes)"
+            )
         rope_length = x_BTD.shape[1] if cache is None else cache.rope_length
         if cfg.position.kind == "rope":
             inv_freq, attention_factor = rope_for_length(cfg, rope_length)
             rope = dict(attention_factor=attention_factor, layout=cfg.position.layout)
+            if string:
+                offset = cfg.position.string_shift - cfg.position.string_window
+                q_far_BTNH = apply_rope(q_BTNH, positions_BT - offset, inv_freq, **rope)
             q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq, **rope)
             k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq, **rope)
 
@@ -180,6 +219,10 @@ class SelfAttention(nn.Module):
                 positions_BT=positions_BT,
                 cfg=cfg,
                 dense=functools.partial(attend, cfg=cfg, capture=capture),
+            )
+        elif string:
+            out_BTNH = string_attend(
+                q_BTNH, q_far_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture
             )
         else:
             out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture)

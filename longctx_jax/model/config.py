@@ -42,6 +42,13 @@ Fields (defaults in brackets):
   position.rope_scaling.*  [None]     Hugging Face `rope_parameters` names passed as keyword
                                       arguments to `rope_frequencies`; only the fields that are
                                       not None are passed (so every kind reads only what it needs).
+  position.string_shift [0]           STRING (An et al., 2024; attention/string_attention.py),
+                                      an evaluation-time option: S > 0 reads every pair at
+                                      relative distance d >= S at d - S + string_window; 0 = off.
+                                      Needs position.kind "rope" and attention.kind "dense"; no KV
+                                      cache (decoding) and no context parallelism; ignores
+                                      attention.impl (dense, O(T^2) memory).
+  position.string_window [0]          STRING's local window W, 0 < W < string_shift when on.
 """
 
 from __future__ import annotations
@@ -112,6 +119,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.position.rope_scaling = ml_collections.ConfigDict()
     for name, field_type in ROPE_SCALING_FIELDS.items():
         setattr(cfg.position.rope_scaling, name, config_dict.placeholder(field_type))
+    cfg.position.string_shift = 0
+    cfg.position.string_window = 0
     return cfg
 
 
@@ -172,6 +181,7 @@ def validate_model_config(cfg) -> None:
                 "None with attention.kind='linear' (the mixer has no attention window)",
             )
     kind = checks.check_choice("model", "position.kind", _get(cfg, "position.kind"), POSITION_KINDS)
+    _validate_string(cfg)
     validate_sparse_config(cfg)
     validate_linear_config(cfg)
     if kind != "rope":
@@ -200,6 +210,34 @@ def validate_model_config(cfg) -> None:
         raise ValueError(
             f"model.position (rope_kind={rope_kind!r}, rope_scaling={scaling}): {e}"
         ) from e
+
+
+def _validate_string(cfg) -> None:
+    """position.string_shift / string_window: ints >= 0; with a shift, 0 < window < shift, and the
+    RoPE + dense softmax model that STRING's shifted distances apply to."""
+    shift = _get(cfg, "position.string_shift")
+    checks.check_int("model", "position.string_shift", shift, minimum=0)
+    window = _get(cfg, "position.string_window")
+    checks.check_int("model", "position.string_window", window, minimum=0)
+    if not shift:
+        return
+    checks.check_int(
+        "model",
+        "position.string_window",
+        window,
+        minimum=1,
+        below=shift,
+        expected=f"an integer in [1, position.string_shift={shift})",
+    )
+    for field, want in (("position.kind", "rope"), ("attention.kind", "dense")):
+        if _get(cfg, field) != want:
+            raise checks.invalid(
+                "model",
+                field,
+                _get(cfg, field),
+                f"{want!r} with position.string_shift={shift} (STRING shifts RoPE distances in "
+                "dense softmax attention)",
+            )
 
 
 def _get(cfg, dotted: str):

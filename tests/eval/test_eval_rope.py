@@ -15,7 +15,7 @@ from longctx_jax.model import DecoderLM
 from longctx_jax.model.attention_block import rope_for_length
 
 TRAIN_LEN, EVAL_LEN = 16, 64
-SCALED = [k for k in EVAL_ROPE_KINDS if k != "default"]
+SCALED = [k for k in EVAL_ROPE_KINDS if k not in ("default", "string")]  # rescale frequencies
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,22 @@ def test_type_preserved_input_untouched_and_errors():
         with_eval_rope(tiny_model_config(**{"position.kind": "alibi"}), "yarn", 16, 64)
     with pytest.raises(ValueError, match="not a model.position.rope_scaling field"):
         with_eval_rope(cfg, "linear", 16, 64, scale=2.0)
+
+
+def test_string_sets_shift_and_window_at_every_length():
+    cfg = tiny_model_config()
+    for eval_len in (24, 48, 96):  # within and beyond train_len = 48
+        string = with_eval_rope(cfg, "string", 48, eval_len)
+        assert (string.position.string_shift, string.position.string_window) == (16, 6)
+        assert string.position.rope_kind == "default"
+    frozen = with_eval_rope(ml_collections.FrozenConfigDict(cfg), "string", 48, 96, window=3)
+    assert isinstance(frozen, ml_collections.FrozenConfigDict)
+    assert (frozen.position.string_shift, frozen.position.string_window) == (16, 3)
+    assert with_eval_rope(cfg, "string", 4096, 8192).position.string_window == 128
+    assert cfg.position.string_shift == 0
+    with pytest.raises(ValueError, match="unexpected arguments \\['factor'\\]"):
+        with_eval_rope(cfg, "string", 48, 96, factor=2.0)
+    with pytest.raises(ValueError, match="model.position.string_window=16"):
+        with_eval_rope(cfg, "string", 48, 96, window=16)
+    with pytest.raises(ValueError, match="string_shift=16"):  # STRING is not extended again
+        with_eval_rope(with_eval_rope(cfg, "string", 48, 96), "yarn", 48, 96)

@@ -10,9 +10,9 @@ Fields: lengths (bytes of prompt + answer; () = data.seq_len), depths (in [0, 1]
 (per cell), variant / haystack / num_keys / num_values / num_queries (0 = the variant's) /
 distractor_similarity / key_length / value_digits (`make_niah_example`'s knobs), seed, batch_size,
 threshold (effective length), rope_kind ("default" = the model as trained; "linear", "ntk",
-"dynamic", "yarn", "llama3" rescale a plain-RoPE model for each length with train_len =
-data.seq_len, as the perplexity evaluator does: a grid "with and without eval-time YaRN" is two
-entries differing only in rope_kind).
+"dynamic", "yarn", "llama3" rescale a plain-RoPE model for each length and "string" applies
+STRING, with train_len = data.seq_len, as the perplexity evaluator does: a grid "with and
+without eval-time YaRN" is two entries differing only in rope_kind).
 
 Scalars: accuracy (grid mean), accuracy@L (mean over depths), token_accuracy (teacher-forced
 answer bytes right: partial credit, not a greedy metric), effective_length (`effective_length`:

@@ -3,7 +3,8 @@
 
 Fields: lengths (window lengths; () = data.seq_len), rope_kind ("default" = the model as
 trained; "linear", "ntk", "dynamic", "yarn", "llama3" rescale a plain-RoPE model's frequencies
-for each length, `with_eval_rope` with train_len = data.seq_len), stride (0 = length // 2),
+for each length, "string" shifts its far relative distances (STRING): `with_eval_rope` with
+train_len = data.seq_len), stride (0 = length // 2),
 num_windows (windows per length, the first ones in path order: the same text every time), and
 batch_size. Scalars: nll@L (nats/token), perplexity@L, bits_per_byte@L.
 """
