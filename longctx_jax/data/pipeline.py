@@ -2,10 +2,13 @@
 
 Train (one process's view):
 
-    MapDataset of documents (train split)          sources.document_dataset
+    MapDataset of documents (train split)          sources.document_source
       [process_sharding="source": documents process_index::process_count]
       .shuffle(seed) .repeat()                     a new order every epoch
+        [length_distribution="upsample": upsampled_stream instead, long documents drawn more
+         often by upsample_weights (lengths.py); each epoch's draws depend on (seed, epoch)]
       .map_with_index(LengthDistribution)          lengths.py; crops depend on (seed, stream index)
+      [data.span_repeats.rate > 0: .map_with_index(SpanRepeats)]   span_repeats.py
       .to_iter_dataset(ReadOptions)                read in `read_threads` threads, kept in order
       pack_documents(seq_len, document_masking)    packing.py (grain ConcatThenSplit)
       [data.task: IterDataset.mix with task rows]  task_source.py; a `task.fraction` share of rows
@@ -48,9 +51,15 @@ import numpy as np
 
 from longctx_jax.attention.ring import check_layout, reorder_for_context_parallel
 from longctx_jax.data.config import validate_data_config
-from longctx_jax.data.lengths import apply_length_distribution, length_distribution_from_config
+from longctx_jax.data.lengths import (
+    apply_length_distribution,
+    length_distribution_from_config,
+    upsample_weights,
+    upsampled_stream,
+)
 from longctx_jax.data.packing import ROW_KEYS, pack_documents
-from longctx_jax.data.sources import document_dataset
+from longctx_jax.data.sources import document_dataset, document_source
+from longctx_jax.data.span_repeats import apply_span_repeats, span_repeats_from_config
 from longctx_jax.data.task_source import task_row_dataset
 
 
@@ -90,6 +99,27 @@ def _laid_out(batch, *, num_shards, layout):
     }
 
 
+def train_documents(config, *, process_index=0, process_count=1):
+    """The endless MapDataset of this process's train documents, cropped: one shuffled pass of
+    its documents per epoch, or the upsampled stream (see the module docstring)."""
+    source = document_source(config, "train")
+    by_source = config.process_sharding == "source"
+    shard = slice(process_index, None, process_count) if by_source else slice(None)
+    documents = grain.MapDataset.source(source)[shard]
+    if config.length_distribution == "upsample":
+        weights = upsample_weights(
+            source.lengths()[shard],
+            source.domains()[shard],
+            min_len=config.upsample_min_len,
+            ratio=config.upsample_ratio,
+        )
+        documents = upsampled_stream(documents, weights, config.seed)
+    else:
+        documents = documents.shuffle(seed=config.seed).repeat()
+    documents = apply_length_distribution(documents, length_distribution_from_config(config))
+    return apply_span_repeats(documents, span_repeats_from_config(config))
+
+
 def make_train_dataset(config, *, process_index=0, process_count=1, context_parallel=None):
     """The grain IterDataset of this process's train batches (see the module docstring).
 
@@ -104,11 +134,9 @@ def make_train_dataset(config, *, process_index=0, process_count=1, context_para
     by_source = config.process_sharding == "source"
     fraction = 0.0 if config.task.kind == "none" else float(config.task.fraction)
     if fraction < 1.0:
-        documents = document_dataset(config, "train")
-        if by_source:
-            documents = documents[process_index::process_count]
-        documents = documents.shuffle(seed=config.seed).repeat()
-        documents = apply_length_distribution(documents, length_distribution_from_config(config))
+        documents = train_documents(
+            config, process_index=process_index, process_count=process_count
+        )
         rows = pack_documents(
             documents.to_iter_dataset(_read_options(config)),
             seq_len=config.seq_len,
