@@ -26,9 +26,6 @@ Fields (defaults in `default_data_config`):
                        documents of >= upsample_min_len tokens are drawn upsample_ratio times as
                        often as shorter ones of the same source (first folder of the path), each
                        source keeping its share of tokens.
-  span_repeats         `rate` (pairs per 1000 tokens; 0: off) and `span_len`: random letter spans
-                       planted twice in each train document (`longctx_jax.data.span_repeats`),
-                       recall pairs whose distances follow the document lengths.
   document_masking     True: one segment per document in a row, positions restart per document;
                        False: one segment per row, positions 0..seq_len-1 (the no-masking baseline).
   process_sharding     "source": each process reads its own documents (doc i goes to process
@@ -74,7 +71,6 @@ def default_data_config():
             "mixture": {"fractions": (0.4, 0.6), "lengths": ((64, 512), (2048, 65536))},
             "upsample_min_len": 4096,
             "upsample_ratio": 4.0,
-            "span_repeats": {"rate": 0.0, "span_len": 12},
             "document_masking": True,
             "process_sharding": "source",
             "read_threads": 0,
@@ -130,8 +126,6 @@ def validate_data_config(config):
     checks.check_real(
         "data", "upsample_ratio", config.upsample_ratio, minimum=0, exclusive_minimum=True
     )
-    checks.check_real("data", "span_repeats.rate", config.span_repeats.rate, minimum=0)
-    checks.check_int("data", "span_repeats.span_len", config.span_repeats.span_len, minimum=2)
     checks.check_choice("data", "process_sharding", config.process_sharding, PROCESS_SHARDINGS)
     checks.check_int("data", "read_threads", config.read_threads, minimum=0)
     checks.check_int("data", "prefetch_batches", config.prefetch_batches, minimum=0)

@@ -8,7 +8,6 @@ Train (one process's view):
         [length_distribution="upsample": upsampled_stream instead, long documents drawn more
          often by upsample_weights (lengths.py); each epoch's draws depend on (seed, epoch)]
       .map_with_index(LengthDistribution)          lengths.py; crops depend on (seed, stream index)
-      [data.span_repeats.rate > 0: .map_with_index(SpanRepeats)]   span_repeats.py
       .to_iter_dataset(ReadOptions)                read in `read_threads` threads, kept in order
       pack_documents(seq_len, document_masking)    packing.py (grain ConcatThenSplit)
       [data.task: IterDataset.mix with task rows]  task_source.py; a `task.fraction` share of rows
@@ -59,7 +58,6 @@ from longctx_jax.data.lengths import (
 )
 from longctx_jax.data.packing import ROW_KEYS, pack_documents
 from longctx_jax.data.sources import document_dataset, document_source
-from longctx_jax.data.span_repeats import apply_span_repeats, span_repeats_from_config
 from longctx_jax.data.task_source import task_row_dataset
 
 
@@ -116,8 +114,7 @@ def train_documents(config, *, process_index=0, process_count=1):
         documents = upsampled_stream(documents, weights, config.seed)
     else:
         documents = documents.shuffle(seed=config.seed).repeat()
-    documents = apply_length_distribution(documents, length_distribution_from_config(config))
-    return apply_span_repeats(documents, span_repeats_from_config(config))
+    return apply_length_distribution(documents, length_distribution_from_config(config))
 
 
 def make_train_dataset(config, *, process_index=0, process_count=1, context_parallel=None):
