@@ -32,6 +32,9 @@ The config section `data.task` (defaults in `default_task_config`):
   passkey    `make_passkey_example` keywords: depths (as niah's), digits.
   variable_tracking  `make_variable_tracking_example` keywords: num_chains, num_hops, haystack,
              name_length, value_digits.
+  filler     `make_filler_example` keywords (MQAR with irrelevant filler, `tasks/filler.py`):
+             layout, depths (as niah's; used by layout "depth"), num_pairs (one int),
+             example_len, key_range, value_range, filler_range.
 
 Only the section of the chosen kind is used and validated; examples are made with length=seq_len.
 In a config file the tuple fields take tuples (`num_pairs = (8,)`); on the command line
@@ -68,10 +71,11 @@ from longctx_jax.data.tasks import (
     make_passkey_example,
     make_variable_tracking_example,
 )
+from longctx_jax.data.tasks.filler import make_filler_example
 from longctx_jax.data.tasks.mqar import NOISE_KINDS
 from longctx_jax.data.vocab import VOCAB_SIZE
 
-TASK_KINDS = ("none", "mqar", "niah", "passkey", "variable_tracking")
+TASK_KINDS = ("none", "mqar", "niah", "passkey", "variable_tracking", "filler")
 _TRAIN_STREAM = zlib.crc32(b"train-task")  # the generator seed's stream
 _CHOICE_STREAM = zlib.crc32(b"train-task-choices")  # per-example #pairs / depth draws
 _SEED_FLOOR = 1 << 62  # train seeds are in [2**62, 2**63)
@@ -111,6 +115,15 @@ def default_task_config() -> ml_collections.ConfigDict:
                 "haystack": "noise",
                 "name_length": 5,
                 "value_digits": 5,
+            },
+            "filler": {
+                "layout": "depth",
+                "depths": (),
+                "num_pairs": 4,
+                "example_len": 32,
+                "key_range": (1, 17),
+                "value_range": (128, 144),
+                "filler_range": (17, 128),
             },
         }
     )
@@ -201,8 +214,13 @@ def task_spec(task, seq_len) -> TaskSpec:
     if kind == "none":
         raise ValueError("data.task.kind='none': no task rows to make")
     section = _check_section(task, kind)
-    keywords = {k: section[k] for k in section if k not in ("num_pairs", "depths")}
+    fixed = ("depths",) if kind == "filler" else ("num_pairs", "depths")
+    keywords = {k: section[k] for k in section if k not in fixed}
     num_pairs, depths = (), ()
+    if kind == "filler":
+        depths = _check_depths(section.depths, kind=kind)
+        for field in ("key_range", "value_range", "filler_range"):
+            keywords[field] = tuple(section[field])
     if kind == "mqar":
         num_pairs = _check_choices("num_pairs", section.num_pairs, kind=kind, minimum=1)
         for field in ("key_range", "value_range"):
@@ -273,6 +291,8 @@ def _generate(spec: TaskSpec, *, seed, index, num_pairs=None, depth=None) -> Tas
         return make_niah_example(seed, length, depth, index=index, **keywords)
     if spec.kind == "passkey":
         return make_passkey_example(seed, length, depth, index=index, **keywords).as_task_example()
+    if spec.kind == "filler":
+        return make_filler_example(seed, length, index=index, depth=depth, **keywords)
     return make_variable_tracking_example(seed, length, index=index, **keywords)
 
 

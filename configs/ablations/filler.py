@@ -1,0 +1,91 @@
+"""The filler experiment: does fine-tuning on retrieval with irrelevant filler at the start (or
+stacked, interrupted tasks) teach a model to discount early history?
+
+  longctx ablate --config configs/ablations/filler.py:demo   # ~7 min on 2 CPU cores
+  longctx ablate --config configs/ablations/filler.py        # full: ~25 min (3x the steps)
+
+Task: MQAR with filler (`data.task.kind="filler"`, longctx_jax/data/tasks/filler.py): P pairs
+and their queries in an example of `example_len` tokens, laid out in rows of `seq_len` tokens
+with irrelevant filler tokens (a range disjoint from keys and values).
+
+  general       trained from scratch with the pairs at a uniformly random depth of the filler:
+                the model "before" fine-tuning.
+  ft_depth      from general, the same data for `ft_steps` more steps (the control: what more
+                training alone does).
+  ft_absent     from general, no filler (rows of example_len tokens).
+  ft_start      from general, all the filler first, then the task (bootstrap padding): the early
+                context is always noise.
+  ft_interleaved  from general, filler between the pairs and before the queries.
+  ft_stacked    from general, task A's pairs, whole tasks B and C, then A's queries.
+
+Measured (experiments/filler.py): per-query accuracy on A's queries with the pairs at depth
+0, 0.25, ..., 1 of the filler (layout "depth": depth 0 is the very start of the context), for
+every model, at every seed; per fine-tune the change from its own seed's general model, with 95%
+CIs. The hypothesis: ft_start loses accuracy at depth 0 relative to ft_depth.
+"""
+
+import ml_collections
+
+from longctx_jax.config import base_config
+
+SIZES = {
+    "demo": dict(steps=600, ft_steps=150, seeds=(0, 1, 2), eval_examples=64),
+    "full": dict(steps=1800, ft_steps=450, seeds=(0, 1, 2), eval_examples=256),
+}
+LAYOUTS = ("depth", "absent", "start", "interleaved", "stacked")
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def baseline(size):
+    s = SIZES[size]
+    config = base_config()
+    config.model.num_layers = 2
+    config.model.embed_dim = 128
+    config.model.num_heads = 8
+    config.model.num_kv_heads = 8
+    config.model.head_dim = 16
+    config.model.mlp_dim = 512
+    config.data.seq_len = 64
+    config.data.batch_size = 32
+    config.data.task.kind = "filler"
+    config.data.task.fraction = 1.0
+    config.data.task.filler.update(dict(layout="depth", depths=(), num_pairs=2, example_len=32))
+    config.train.steps = s["steps"]
+    config.train.warmup_steps = s["steps"] // 4
+    config.train.learning_rate = 3e-3
+    config.train.checkpoint_every = s["steps"]
+    config.train.log_every = 50
+    return config
+
+
+def variant(config, *changes):
+    return ml_collections.ConfigDict(dict(config=config, changes=changes))
+
+
+def get_config(size="full"):
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
+    s = SIZES[size]
+    ablation = ml_collections.ConfigDict()
+    ablation.name = f"filler_{size}"
+    ablation.runner = "../../experiments/filler.py"  # relative to this file
+    ablation.baseline = baseline(size)
+    ablation.seeds = s["seeds"]
+    ablation.depths = DEPTHS
+    ablation.eval_examples = s["eval_examples"]
+    variants = dict(general=variant(baseline(size)))
+    for layout in LAYOUTS:
+        tuned = baseline(size)
+        tuned.data.task.filler.layout = layout
+        tuned.train.init_from = "@general"
+        tuned.train.steps = s["ft_steps"]
+        tuned.train.warmup_steps = s["ft_steps"] // 10
+        tuned.train.learning_rate = 1e-3
+        tuned.train.checkpoint_every = s["ft_steps"]
+        changes = ["train.init_from", "train.steps", "train.warmup_steps", "train.learning_rate"]
+        changes += ["train.checkpoint_every"]
+        if layout != "depth":
+            changes.append("data.task.filler.layout")
+        variants[f"ft_{layout}"] = variant(tuned, *changes)
+    ablation.variants = variants
+    return ablation

@@ -1,0 +1,127 @@
+"""The filler experiment (configs/ablations/filler.py): accuracy by needle depth before and after
+fine-tuning on each filler layout.
+
+Every model (general = before, and each fine-tune) is scored at every seed on the same held-out
+examples of layout "depth" (the evaluation seed 0; training examples use seeds >= 2**62), per
+depth: the per-query accuracy on task A's queries (MQAR's per-query metric, decided in one
+teacher-forced pass by `eval/task_eval.py`). Per fine-tune, the change from the general model of
+the same seed is paired by seed, so its 95% CI removes the seed-to-seed spread of the general
+models. Writes results.json, a table and figure.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from longctx_jax.ablation import train_variants
+from longctx_jax.data.tasks.filler import make_filler_example
+from longctx_jax.eval.perplexity import model_logits_fn
+from longctx_jax.eval.task_eval import greedy_predictions_fn, score_task_examples
+from longctx_jax.provenance import mean_ci, write_results
+from longctx_jax.run import load_model
+
+EVAL_SEED = 0
+
+
+def depth_examples(ablation, depth):
+    task = ablation.baseline.data.task.filler
+    return [
+        make_filler_example(
+            EVAL_SEED,
+            ablation.baseline.data.seq_len,
+            "depth",
+            index=i,
+            depth=depth,
+            num_pairs=task.num_pairs,
+            example_len=task.example_len,
+            key_range=tuple(task.key_range),
+            value_range=tuple(task.value_range),
+            filler_range=tuple(task.filler_range),
+        )
+        for i in range(ablation.eval_examples)
+    ]
+
+
+def accuracy_by_depth(ablation, run_dir, examples_by_depth) -> list[float]:
+    """Per depth: the fraction of task A's queries answered right."""
+    model_config, params = load_model(run_dir)
+    predict = greedy_predictions_fn(model_logits_fn(model_config))
+    out = []
+    for examples in examples_by_depth:
+        scores = score_task_examples(
+            predict,
+            params,
+            examples,
+            pad_len=ablation.baseline.data.seq_len,
+            batch_size=min(64, len(examples)),
+        )
+        hits = [
+            score.spans[q]
+            for score, e in zip(scores, examples, strict=True)
+            for q in e.metadata["a_queries"]
+        ]
+        out.append(float(np.mean(hits)))
+    return out
+
+
+def summarize(ablation, accuracy) -> dict:
+    """{variant: {"accuracy": [CI per depth], "change": [paired CI per depth] (fine-tunes)}}."""
+    seeds = list(ablation.seeds)
+    out = {}
+    for name in ablation.variants:
+        per_seed = np.array([accuracy[name, s] for s in seeds])  # [seeds, depths]
+        entry = dict(accuracy=[mean_ci(per_seed[:, i]) for i in range(per_seed.shape[1])])
+        if name != "general":
+            before = np.array([accuracy["general", s] for s in seeds])
+            change = per_seed - before
+            entry["change"] = [mean_ci(change[:, i]) for i in range(change.shape[1])]
+        out[name] = entry
+    return out
+
+
+def _fmt(ci) -> str:
+    if ci["ci_low"] is None:
+        return f"{ci['mean']:+.3f}"
+    return f"{ci['mean']:+.3f}±{(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
+
+
+def format_table(results) -> str:
+    depths = results["depths"]
+    lines = [f"{'model':<16}" + "".join(f"{'depth ' + str(d):>16}" for d in depths)]
+    for name, entry in results["variants"].items():
+        lines.append(f"{name:<16}" + "".join(f"{_fmt(c)[1:]:>16}" for c in entry["accuracy"]))
+    lines.append("change from general (paired by seed):")
+    for name, entry in results["variants"].items():
+        if "change" in entry:
+            lines.append(f"{name:<16}" + "".join(f"{_fmt(c):>16}" for c in entry["change"]))
+    return "\n".join(lines)
+
+
+def run(ablation, workdir) -> dict:
+    workdir = Path(workdir)
+    trained = train_variants(ablation, workdir, seeds=ablation.seeds)
+    examples = [depth_examples(ablation, d) for d in ablation.depths]
+    accuracy = {}
+    for (name, seed), (_, run_dir) in trained.items():
+        print(f"== evaluating {name} (seed {seed})")
+        accuracy[name, seed] = accuracy_by_depth(ablation, run_dir, examples)
+    task = ablation.baseline.data.task.filler
+    results = dict(
+        ablation=ablation.name,
+        seq_len=ablation.baseline.data.seq_len,
+        num_pairs=task.num_pairs,
+        example_len=task.example_len,
+        depths=list(ablation.depths),
+        eval_examples=ablation.eval_examples,
+        chance=1.0 / (task.value_range[1] - task.value_range[0]),
+        variants=summarize(ablation, accuracy),
+    )
+    write_results(workdir / "results.json", results, seeds=list(ablation.seeds))
+    from longctx_jax.viz.filler import plot_filler
+
+    plot_filler(results, workdir / "figure.png")
+    print(format_table(results))
+    print(f"wrote {workdir / 'results.json'} and {workdir / 'figure.png'}")
+    return results
