@@ -70,7 +70,7 @@ def summarize(ablation, accuracy) -> dict:
     """{variant: {"accuracy": [CI per depth], "change": [paired CI per depth] (fine-tunes)}}."""
     seeds = list(ablation.seeds)
     out = {}
-    for name in ablation.variants:
+    for name in sorted(ablation.variants, key=lambda n: n != "general"):  # general first
         per_seed = np.array([accuracy[name, s] for s in seeds])  # [seeds, depths]
         entry = dict(accuracy=[mean_ci(per_seed[:, i]) for i in range(per_seed.shape[1])])
         if name != "general":
