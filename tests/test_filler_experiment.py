@@ -53,7 +53,7 @@ def test_score_summarize_table_and_figure(tmp_path):
     small.variants = {name: small.variants[name] for name in ("general", "ft_start")}
     examples = [runner.depth_examples(small, d) for d in small.depths]
     starts = [e[0].metadata["pairs_start"] for e in examples]
-    assert starts == [0, 8, 16, 24, 32]  # depth x 32 filler tokens
+    assert starts == [0, 4, 8, 12, 16]  # depth x 16 filler tokens
     accuracy = runner.accuracy_by_depth(small, tmp_path / "run", examples)
     assert len(accuracy) == 5 and all(0.0 <= a <= 1.0 for a in accuracy)
     by_run = {
@@ -68,7 +68,7 @@ def test_score_summarize_table_and_figure(tmp_path):
     assert "change" not in variants["general"]
     results = dict(
         ablation="filler_test",
-        seq_len=64,
+        seq_len=32,
         num_pairs=2,
         depths=list(small.depths),
         chance=1 / 16,
