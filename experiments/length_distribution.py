@@ -4,8 +4,9 @@ Trains every variant (a length distribution x document masking) at every seed on
 budget, then per run: reads the trained pair-distance histogram and piece lengths the trainer
 counted (WORKDIR/data_stats.json), measures loss by position and perplexity at 1x..4x the
 training length on the same validation text, and span-recall accuracy by distance (copying a
-random span seen d bytes back, `eval/evaluators/span_recall.py`) at 1x and 2x the length. Both
-are measured as trained, with eval-time STRING and with eval-time YaRN (same weights). Writes
+random span seen d bytes back, `eval/evaluators/span_recall.py`) at the training length.
+Perplexity is measured as trained, with eval-time STRING and with eval-time YaRN (same
+weights); recall as trained and with STRING (YaRN changes nothing at the training length). Writes
 results.json (per-seed values, mean and 95% CI per cell), a table and figure.png.
 """
 
@@ -24,6 +25,8 @@ from longctx_jax.provenance import mean_ci, write_results
 from longctx_jax.run import load_model
 
 EVAL_KINDS = ("default", "string", "yarn")  # as trained, eval-time STRING, eval-time YaRN
+RECALL_KINDS = ("default", "string")  # at the training length YaRN is the model as trained
+POSITION_BUCKETS = 8
 
 
 def model_for(model_config, kind, train_len, length):
@@ -57,6 +60,7 @@ def evaluate_run(ablation, config, run_dir) -> dict:
                 eval_len=length,
                 stride=length,
                 max_doc_len=max(lengths) + 1,
+                buckets=POSITION_BUCKETS,
                 progress=False,
                 **same_text,
             )
@@ -64,9 +68,10 @@ def evaluate_run(ablation, config, run_dir) -> dict:
             if kind == "default" and length == train_len:
                 out["loss_by_position"] = result["by_position"]
         out["perplexity"][kind] = rows
+    for kind in RECALL_KINDS:
         cfg = recall_defaults()
         cfg.update(
-            lengths=(train_len, 2 * train_len),
+            lengths=(train_len,),
             num_examples=ablation.recall_examples,
             batch_size=ablation.recall_examples,
             rope_kind=kind,
@@ -100,7 +105,7 @@ def summarize(ablation, per_run: dict) -> dict:
             },
             recall={},
         )
-        for kind in EVAL_KINDS:
+        for kind in RECALL_KINDS:
             cells = []
             for i, cell in enumerate(runs[0]["recall"][kind]["cells"]):
                 per_seed = [r["recall"][kind]["cells"][i] for r in runs]

@@ -88,7 +88,9 @@ def test_evaluate_summarize_table_and_figure(tmp_path):
     assert set(one["perplexity"]) == set(runner.EVAL_KINDS)
     assert all(len(v) == 2 and all(p > 1.0 for p in v) for v in one["perplexity"].values())
     cells = one["recall"]["default"]["cells"]
-    assert [(c["length"], c["distance"]) for c in cells] == [(32, 20), (64, 24), (64, 48), (64, 52)]
+    assert [(c["length"], c["distance"]) for c in cells] == [(32, 20)]  # 32 - span_len 12
+    assert set(one["recall"]) == set(runner.RECALL_KINDS)
+    assert len(one["loss_by_position"]["nll"]) == runner.POSITION_BUCKETS
     per_run = {("as_is_masked", 0): one, ("as_is_masked", 1): one}
     variants = runner.summarize(ablation, per_run)
     summary = variants["as_is_masked"]

@@ -1,7 +1,8 @@
 """The length-distribution ablation's figure.
 
 Left column, one shared x-axis (distance in tokens): span-recall token accuracy by distance per
-variant at the training length (as trained; dotted: the guessing control), and beneath it the
+variant at the training length (solid: as trained, dashed: eval-time STRING; dotted gray: the
+guessing control), and beneath it the
 share of trained (query, key) pairs at each distance, as the trainer counted them. Right column:
 perplexity vs evaluation length (solid: as trained, dashed: eval-time STRING, dotted: eval-time
 YaRN) and validation loss by position at the training length. Error bars: 95% CIs over seeds.
@@ -27,8 +28,9 @@ def _bars(cis):
 
 def plot_length_distribution(results: dict, path) -> None:
     train_len = results["train_len"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex="col")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
     (recall_ax, ppl_ax), (pairs_ax, position_ax) = axes
+    pairs_ax.sharex(recall_ax)  # distance on one axis: recall above, trained pairs beneath
     controls = []
     for i, (name, v) in enumerate(results["variants"].items()):
         color = plt.cm.tab10(i % 10)
@@ -62,7 +64,7 @@ def plot_length_distribution(results: dict, path) -> None:
     recall_ax.axhline(np.mean(controls), color="gray", linestyle=":", label="control (guessing)")
     recall_ax.set(
         ylabel="span-recall token accuracy",
-        title=f"recall by distance at the training length ({train_len})",
+        title=f"recall by distance at the training length {train_len} (-- STRING)",
     )
     recall_ax.legend(fontsize=7)
     pairs_ax.set(
@@ -84,7 +86,7 @@ def plot_length_distribution(results: dict, path) -> None:
         ylabel="validation NLL (nats/byte)",
         title=f"loss by position at {train_len}",
     )
-    ppl_ax.tick_params(labelbottom=True)
+    ppl_ax.set_xlabel("evaluation length (tokens)")
     fig.suptitle(
         f"{results['ablation']}: {results['token_budget']:,} training tokens per run, "
         f"{len(results['seeds'])} seeds"
