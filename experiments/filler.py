@@ -19,7 +19,7 @@ from longctx_jax.ablation import train_variants
 from longctx_jax.data.tasks.filler import make_filler_example
 from longctx_jax.eval.perplexity import model_logits_fn
 from longctx_jax.eval.task_eval import greedy_predictions_fn, score_task_examples
-from longctx_jax.provenance import mean_ci, write_results
+from longctx_jax.provenance import format_mean_ci, mean_ci, write_results
 from longctx_jax.run import load_model
 
 EVAL_SEED = 0
@@ -81,21 +81,18 @@ def summarize(ablation, accuracy) -> dict:
     return out
 
 
-def _fmt(ci) -> str:
-    if ci["ci_low"] is None:
-        return f"{ci['mean']:+.3f}"
-    return f"{ci['mean']:+.3f}±{(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
-
-
 def format_table(results) -> str:
     depths = results["depths"]
     lines = [f"{'model':<16}" + "".join(f"{'depth ' + str(d):>16}" for d in depths)]
     for name, entry in results["variants"].items():
-        lines.append(f"{name:<16}" + "".join(f"{_fmt(c)[1:]:>16}" for c in entry["accuracy"]))
+        lines.append(f"{name:<16}" + "".join(f"{format_mean_ci(c):>16}" for c in entry["accuracy"]))
     lines.append("change from general (paired by seed):")
     for name, entry in results["variants"].items():
         if "change" in entry:
-            lines.append(f"{name:<16}" + "".join(f"{_fmt(c):>16}" for c in entry["change"]))
+            lines.append(
+                f"{name:<16}"
+                + "".join(f"{format_mean_ci(c, signed=True):>16}" for c in entry["change"])
+            )
     return "\n".join(lines)
 
 

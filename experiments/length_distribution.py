@@ -21,7 +21,7 @@ from longctx_jax.ablation import train_variants
 from longctx_jax.eval.evaluators.span_recall import defaults as recall_defaults
 from longctx_jax.eval.evaluators.span_recall import span_recall
 from longctx_jax.eval.perplexity import perplexity_by_position, with_eval_rope
-from longctx_jax.provenance import mean_ci, write_results
+from longctx_jax.provenance import format_mean_ci, mean_ci, write_results
 from longctx_jax.run import load_model
 
 EVAL_KINDS = ("default", "string", "yarn")  # as trained, eval-time STRING, eval-time YaRN
@@ -123,12 +123,6 @@ def summarize(ablation, per_run: dict) -> dict:
     return variants
 
 
-def _fmt(ci) -> str:
-    if ci["ci_low"] is None:
-        return f"{ci['mean']:.3f}"
-    return f"{ci['mean']:.3f}±{(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
-
-
 def format_table(results) -> str:
     train_len = results["train_len"]
     lengths = results["lengths"]
@@ -149,7 +143,7 @@ def format_table(results) -> str:
         )
         lines.append(
             f"{name:<20} {weighted:>10.1f} {far:>10.3f} "
-            + "".join(f"{_fmt(c):>14}" for c in v["perplexity"]["default"])
+            + "".join(f"{format_mean_ci(c):>14}" for c in v["perplexity"]["default"])
             + f" {recall}"
         )
     return "\n".join(lines)

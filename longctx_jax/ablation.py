@@ -27,6 +27,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 
+import ml_collections
+
+
+def variant(config, *changes):
+    """An ablation variant: a full training config and the dotted fields it changes."""
+    return ml_collections.ConfigDict(dict(config=config, changes=tuple(changes)))
+
 
 def flatten(config, prefix: str = "") -> dict:
     """{"model.position.kind": "rope", ...} for every leaf field of a (nested) ConfigDict."""

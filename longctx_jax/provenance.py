@@ -131,6 +131,14 @@ def t_quantile(probability: float, df: int | float) -> float:
     return float(stats.t.ppf(probability, df))
 
 
+def format_mean_ci(ci: dict, *, signed: bool = False) -> str:
+    """A `mean_ci` dict as mean ± half its 95% interval ("0.812±0.034"); the mean if n = 1."""
+    mean = f"{ci['mean']:+.3f}" if signed else f"{ci['mean']:.3f}"
+    if ci["ci_low"] is None:
+        return mean
+    return f"{mean}±{(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
+
+
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     """Mean of per-seed `values` with a two-sided Student-t confidence interval.
 

@@ -32,6 +32,7 @@ the control ft_absent.
 
 import ml_collections
 
+from longctx_jax.ablation import variant
 from longctx_jax.config import base_config
 
 SIZES = {
@@ -62,10 +63,6 @@ def baseline(size):
     config.train.checkpoint_every = s["steps"]
     config.train.log_every = 50
     return config
-
-
-def variant(config, *changes):
-    return ml_collections.ConfigDict(dict(config=config, changes=changes))
 
 
 def get_config(size="full"):

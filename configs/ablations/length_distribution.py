@@ -30,6 +30,7 @@ CPU cores is estimated from the demo's per-step time at about 2.5 hours, and was
 
 import ml_collections
 
+from longctx_jax.ablation import variant
 from longctx_jax.config import base_config
 
 SIZES = {
@@ -116,10 +117,6 @@ def baseline(size):
     config.train.checkpoint_every = steps
     config.train.log_every = max(1, steps // 10)
     return config
-
-
-def variant(config, *changes):
-    return ml_collections.ConfigDict(dict(config=config, changes=changes))
 
 
 def get_config(size="full"):

@@ -13,6 +13,7 @@ fine-tune at 2x repairs PI and YaRN at 2x.
 
 import ml_collections
 
+from longctx_jax.ablation import variant
 from longctx_jax.config import base_config
 
 # Train length and steps, model size, batch, eval lengths (x train length), fine-tune steps.
@@ -57,10 +58,6 @@ def baseline(size):
     config.train.warmup_steps = s["steps"] // 10
     config.train.checkpoint_every = s["steps"]
     return config
-
-
-def variant(config, *changes):
-    return ml_collections.ConfigDict(dict(config=config, changes=changes))
 
 
 def get_config(size="full"):

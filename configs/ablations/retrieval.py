@@ -31,6 +31,7 @@ k covers the pairs and the oracle bounds it.
 
 import ml_collections
 
+from longctx_jax.ablation import variant
 from longctx_jax.config import base_config
 from longctx_jax.eval.registry import eval_config
 from longctx_jax.model.sparse_config import dense_with_indexer
@@ -129,10 +130,6 @@ def stage_steps(config, steps, warmup_steps=None):
 
 
 STEP_FIELDS = ("train.steps", "train.warmup_steps", "train.checkpoint_every")
-
-
-def variant(config, *changes):
-    return ml_collections.ConfigDict(dict(config=config, changes=tuple(changes)))
 
 
 def stage(size, init_from, steps, *, learning_rate=None, **sparse):

@@ -10,12 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _bars(cis):
-    means = np.array([c["mean"] for c in cis])
-    low = np.array([c["mean"] if c["ci_low"] is None else c["ci_low"] for c in cis])
-    high = np.array([c["mean"] if c["ci_high"] is None else c["ci_high"] for c in cis])
-    return means, [means - low, high - means]
+from longctx_jax.viz.intervals import ci_errorbars  # noqa: E402
 
 
 def plot_filler(results: dict, path) -> None:
@@ -24,12 +19,12 @@ def plot_filler(results: dict, path) -> None:
     for i, (name, entry) in enumerate(results["variants"].items()):
         style = dict(color="black", linestyle="--") if name == "general" else {}
         offset = (i - len(results["variants"]) / 2) * 0.006  # keep error bars apart
-        means, err = _bars(entry["accuracy"])
+        means, err = ci_errorbars(entry["accuracy"])
         accuracy_ax.errorbar(
             np.add(depths, offset), means, yerr=err, marker="o", capsize=2, label=name, **style
         )
         if "change" in entry:
-            means, err = _bars(entry["change"])
+            means, err = ci_errorbars(entry["change"])
             change_ax.errorbar(
                 np.add(depths, offset), means, yerr=err, marker="o", capsize=2, label=name
             )

@@ -16,14 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from longctx_jax.viz.intervals import ci_errorbars  # noqa: E402
+
 STYLES = dict(default="-", string="--", yarn=":")
-
-
-def _bars(cis):
-    means = np.array([c["mean"] for c in cis])
-    low = np.array([c["ci_low"] if c["ci_low"] is not None else c["mean"] for c in cis])
-    high = np.array([c["ci_high"] if c["ci_high"] is not None else c["mean"] for c in cis])
-    return means, [means - low, high - means]
 
 
 def plot_length_distribution(results: dict, path) -> None:
@@ -35,7 +30,7 @@ def plot_length_distribution(results: dict, path) -> None:
     for i, (name, v) in enumerate(results["variants"].items()):
         color = plt.cm.tab10(i % 10)
         cells = [c for c in v["recall"]["default"]["cells"] if c["length"] == train_len]
-        means, err = _bars([c["token_accuracy"] for c in cells])
+        means, err = ci_errorbars([c["token_accuracy"] for c in cells])
         distances = [c["distance"] for c in cells]
         recall_ax.errorbar(
             distances, means, yerr=err, marker="o", capsize=2, color=color, label=name
@@ -45,7 +40,7 @@ def plot_length_distribution(results: dict, path) -> None:
         share = pairs / pairs.sum()
         pairs_ax.plot(np.arange(len(share)), share, color=color, label=name)
         for kind, style in STYLES.items():
-            means, err = _bars(v["perplexity"][kind])
+            means, err = ci_errorbars(v["perplexity"][kind])
             ppl_ax.errorbar(
                 results["lengths"],
                 means,
@@ -58,7 +53,7 @@ def plot_length_distribution(results: dict, path) -> None:
                 label=name if kind == "default" else None,
             )
         edges = v["loss_by_position"]["edges"]
-        means, err = _bars(v["loss_by_position"]["nll"])
+        means, err = ci_errorbars(v["loss_by_position"]["nll"])
         centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
         position_ax.errorbar(centers, means, yerr=err, marker="o", capsize=2, color=color)
     recall_ax.axhline(np.mean(controls), color="gray", linestyle=":", label="control (guessing)")

@@ -309,6 +309,7 @@ def test_every_notebook_has_a_test():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [
         "attention_maps.ipynb",
         "kv_cache.ipynb",
+        "length_distribution.ipynb",
         "retrieval.ipynb",
     ]
 
@@ -356,3 +357,68 @@ def test_kv_cache_notebook(tmp_path, monkeypatch):
         for m in re.finditer(r"^(.+?)\s+mean \|logit error\| ([\d.]+)$", stdout(quantised), re.M)
     )
     assert error["int8 per token"] < error["int4 per token"] < error["int2 per token"]
+
+
+@pytest.mark.slow
+def test_length_distribution_notebook(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from longctx_jax.data.sources import split_files, stdlib_files
+
+    paradox, pairs, recall = execute("length_distribution.ipynb", tmp_path, monkeypatch)
+
+    # 1. The paradox on one file per document, recomputed from the file sizes.
+    rows = {
+        m[1]: [float(x.replace(",", "")) for x in m.groups()[1:]]
+        for m in re.finditer(
+            r"^(one file each|packages joined)\s+(\d+) documents\s+document mean\s+([\d,]+)\s+"
+            r"token-weighted mean\s+([\d,]+)",
+            stdout(paradox),
+            re.M,
+        )
+    }
+    root, relpaths = stdlib_files()
+    train_files, _ = split_files(relpaths, 0.05)
+    sizes = np.array([os.path.getsize(root / p) for p in train_files], np.float64)
+    count, mean, weighted = rows["one file each"]
+    assert count == len(sizes)
+    assert abs(mean - sizes.mean()) <= 0.5
+    assert abs(weighted - (sizes**2).sum() / sizes.sum()) <= 0.5
+    assert weighted > 3 * mean  # the paradox is large on this corpus
+    joined_count, _, joined_weighted = rows["packages joined"]
+    assert joined_count < count and joined_weighted > weighted
+
+    # 2. Far pairs: none for documents truncated at 128 with masking; without masking every
+    #    full 512-token row holds 512 - d pairs at d, whatever the documents.
+    far = {
+        (m[1].strip(), m[2] == "True"): float(m[3])
+        for m in re.finditer(
+            r"^(.+?)\s+masking=(True|False)\s+pairs at distance >= 256: ([\d.]+)",
+            stdout(pairs),
+            re.M,
+        )
+    }
+    assert len(far) == 12
+    assert far["short (truncated at 128)", True] == 0.0
+    unmasked = (256 * 257 / 2) / (512 * 513 / 2)
+    for (name, masking), value in far.items():
+        if not masking:
+            assert abs(value - unmasked) <= 1e-4, (name, value)
+        else:
+            assert value < unmasked, (name, value)
+
+    # 3. The ablation's numbers as printed are those of the committed results.
+    results = json.loads(
+        (Path(__file__).parents[2] / "docs/figures/length_distribution_demo.json").read_text()
+    )
+    for name, v in results["variants"].items():
+        line = re.search(
+            rf"^{re.escape(name)}\s+recall token accuracy by distance (.*)$", stdout(recall), re.M
+        )
+        assert line, name
+        cells = [c for c in v["recall"]["default"]["cells"] if c["length"] == results["train_len"]]
+        printed = dict(pair.split(":") for pair in line[1].split()[:-2])
+        assert {int(d): float(a) for d, a in printed.items()} == {
+            c["distance"]: round(c["token_accuracy"]["mean"], 3) for c in cells
+        }
