@@ -36,8 +36,8 @@ from longctx_jax.ablation import variant
 from longctx_jax.config import base_config
 
 SIZES = {
-    "demo": dict(steps=500, ft_steps=100, seeds=(0, 1, 2), eval_examples=128),
-    "full": dict(steps=1500, ft_steps=300, seeds=(0, 1, 2), eval_examples=512),
+    "demo": dict(steps=400, ft_steps=60, seeds=(0, 1, 2), eval_examples=128),
+    "full": dict(steps=1200, ft_steps=180, seeds=(0, 1, 2), eval_examples=512),
 }
 LAYOUTS = ("absent", "start", "interleaved", "depth", "stacked")
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -1,7 +1,7 @@
 """The training-length distribution: what each distribution of document lengths, with and without
 document masking, teaches about distance, at an equal token budget.
 
-  longctx ablate --config configs/ablations/length_distribution.py:demo   # ~8 min, 2 CPU cores
+  longctx ablate --config configs/ablations/length_distribution.py:demo   # 6.4 min, 2 CPU cores
   longctx ablate --config configs/ablations/length_distribution.py        # full (see below)
 
 Variants: every distribution in `distributions` x document masking on / off, each at `seeds`
@@ -20,12 +20,13 @@ construction). The corpus is the stdlib with each package's modules joined into 
 
 Measured per run (experiments/length_distribution.py): the trained pair-distance histogram and
 piece lengths the trainer counted (data_stats.json), loss by position at the training length,
-perplexity at 1x..4x it, and span-recall accuracy by distance (copying a random span seen d
-bytes back in real text, with its guessing control), as trained, with eval-time STRING and with
-eval-time YaRN.
+perplexity at 1x..4x it (as trained, with eval-time STRING and with eval-time YaRN), and
+span-recall accuracy by distance at the training length (copying a random span seen d bytes back
+in real text, with its guessing control; as trained and with STRING).
 
-Full size: the six distributions x 2 maskings x 3 seeds (36 runs of 1,000 steps); its time on 2
-CPU cores is estimated from the demo's per-step time at about 2.5 hours, and was not run here.
+Full size: the six distributions x 2 maskings x 3 seeds (36 runs of 1,000 steps of 16 x 256
+tokens, width 128: about 16x the demo's work per step). Scaled from the demo's 14 steps/s, about
+10 hours on 2 CPU cores; an estimate, not run here (an accelerator is the place for it).
 """
 
 import ml_collections

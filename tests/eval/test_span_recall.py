@@ -95,26 +95,20 @@ def test_evaluator(monkeypatch):
     params = DecoderLM(model_cfg).init(
         jax.random.key(module_seed("span_recall")), jnp.zeros((1, 8), jnp.int32)
     )["params"]
-    cfg = eval_config("span_recall", lengths=(128, 160), num_examples=3, batch_size=2)
+    # default distances: 2 x span_len, doubling, then length - span_len
+    assert span_recall_module.distances_for(eval_config("span_recall"), 128) == [24, 48, 96, 116]
+    assert span_recall_module.distances_for(eval_config("span_recall"), 160) == [24, 48, 96, 148]
+    cfg = eval_config("span_recall", lengths=(64,), num_examples=3, batch_size=4)
     scalars, details = run(cfg, model_cfg, params, data_config())
-    # default distances: 24, 48, 96 then length - span_len
     assert [(c["length"], c["distance"]) for c in details["cells"]] == [
-        (128, 24),
-        (128, 48),
-        (128, 96),
-        (128, 116),
-        (160, 24),
-        (160, 48),
-        (160, 96),
-        (160, 148),
+        (64, 24),
+        (64, 48),
+        (64, 52),
     ]
     assert all(0.0 <= v <= 1.0 for v in scalars.values())
-    assert {
-        "accuracy",
-        "accuracy@128/24",
-        "token_accuracy@160/148",
-        "control_token_accuracy",
-    } <= set(scalars)
+    assert {"accuracy", "accuracy@64/24", "token_accuracy@64/52", "control_token_accuracy"} <= set(
+        scalars
+    )
 
     monkeypatch.setattr(span_recall_module, "model_logits_fn", lambda _: copier_logits_fn(48))
     fixed = eval_config("span_recall", lengths=(128,), distances=(48, 96), num_examples=3)
