@@ -67,32 +67,42 @@ def accuracy_by_depth(ablation, run_dir, examples_by_depth) -> list[float]:
 
 
 def summarize(ablation, accuracy) -> dict:
-    """{variant: {"accuracy": [CI per depth], "change": [paired CI per depth] (fine-tunes)}}."""
+    """{variant: {"accuracy": [CI per depth], "tilt": CI, and for fine-tunes "change": [paired
+    CI per depth], "tilt_change": paired CI}}. The tilt is accuracy at the last depth minus at
+    the first (pairs at the end of the filler against pairs at the very start): a model that
+    discounts early history tilts up."""
     seeds = list(ablation.seeds)
+    before = np.array([accuracy["general", s] for s in seeds])  # [seeds, depths]
     out = {}
     for name in sorted(ablation.variants, key=lambda n: n != "general"):  # general first
-        per_seed = np.array([accuracy[name, s] for s in seeds])  # [seeds, depths]
-        entry = dict(accuracy=[mean_ci(per_seed[:, i]) for i in range(per_seed.shape[1])])
+        per_seed = np.array([accuracy[name, s] for s in seeds])
+        tilt = per_seed[:, -1] - per_seed[:, 0]
+        entry = dict(
+            accuracy=[mean_ci(per_seed[:, i]) for i in range(per_seed.shape[1])],
+            tilt=mean_ci(tilt),
+        )
         if name != "general":
-            before = np.array([accuracy["general", s] for s in seeds])
             change = per_seed - before
             entry["change"] = [mean_ci(change[:, i]) for i in range(change.shape[1])]
+            entry["tilt_change"] = mean_ci(tilt - (before[:, -1] - before[:, 0]))
         out[name] = entry
     return out
 
 
 def format_table(results) -> str:
     depths = results["depths"]
-    lines = [f"{'model':<16}" + "".join(f"{'depth ' + str(d):>16}" for d in depths)]
+    header = "".join(f"{'depth ' + str(d):>16}" for d in depths) + f"{'tilt':>16}"
+    lines = [f"{'model':<16}" + header]
     for name, entry in results["variants"].items():
-        lines.append(f"{name:<16}" + "".join(f"{format_mean_ci(c):>16}" for c in entry["accuracy"]))
+        cells = [format_mean_ci(c) for c in entry["accuracy"]]
+        cells.append(format_mean_ci(entry["tilt"], signed=True))
+        lines.append(f"{name:<16}" + "".join(f"{c:>16}" for c in cells))
     lines.append("change from general (paired by seed):")
     for name, entry in results["variants"].items():
         if "change" in entry:
-            lines.append(
-                f"{name:<16}"
-                + "".join(f"{format_mean_ci(c, signed=True):>16}" for c in entry["change"])
-            )
+            changes = entry["change"] + [entry["tilt_change"]]
+            cells = "".join(f"{format_mean_ci(c, signed=True):>16}" for c in changes)
+            lines.append(f"{name:<16}" + cells)
     return "\n".join(lines)
 
 

@@ -66,6 +66,10 @@ def test_score_summarize_table_and_figure(tmp_path):
     change = variants["ft_start"]["change"][0]
     assert change["values"] == pytest.approx([1.0 - accuracy[0], 0.25])  # paired by seed
     assert "change" not in variants["general"]
+    # tilt: accuracy at the last depth minus at the first, and its change paired by seed
+    tilts = [accuracy[-1] - accuracy[0], 0.0]
+    assert variants["general"]["tilt"]["values"] == pytest.approx(tilts)
+    assert variants["ft_start"]["tilt_change"]["values"] == pytest.approx([-t for t in tilts])
     results = dict(
         ablation="filler_test",
         seq_len=32,
