@@ -2,7 +2,7 @@
 stacked, interrupted tasks) teach a model to discount early history?
 
   longctx ablate --config configs/ablations/filler.py:demo   # 6.9 min on 2 CPU cores
-  longctx ablate --config configs/ablations/filler.py        # full: 3x the steps, ~20 min (estimated)
+  longctx ablate --config configs/ablations/filler.py        # full: ~20 min (estimate)
 
 Task: MQAR with filler (`data.task.kind="filler"`, longctx_jax/data/tasks/filler.py): P pairs
 and their queries in an example of `example_len` tokens, laid out in rows of `seq_len` tokens
