@@ -30,6 +30,17 @@ from types import ModuleType
 import ml_collections
 
 
+def new_ablation(name: str, size: str, sizes: dict, runner: str):
+    """(the ablation ConfigDict with name "<name>_<size>" and `runner` set, sizes[size]);
+    ValueError naming the sizes there are. `runner` is relative to the ablation config file."""
+    if size not in sizes:
+        raise ValueError(f"size={size!r}: expected one of {tuple(sizes)}")
+    ablation = ml_collections.ConfigDict()
+    ablation.name = f"{name}_{size}"
+    ablation.runner = runner
+    return ablation, sizes[size]
+
+
 def variant(config, *changes):
     """An ablation variant: a full training config and the dotted fields it changes."""
     return ml_collections.ConfigDict(dict(config=config, changes=tuple(changes)))

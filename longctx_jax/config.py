@@ -22,6 +22,18 @@ from longctx_jax.sharding import DEFAULT_RULES, MESH_AXES, logical_rules
 FREE_FORM_SECTIONS = ("evals",)
 
 
+def set_model_size(model, *, layers: int, width: int, heads: int, kv_heads=None, mlp_ratio=4):
+    """Sets a model config's size: `layers` blocks of `width` = heads x head_dim, `kv_heads`
+    (default: heads, i.e. MHA) and an MLP of mlp_ratio x width. Returns the model config."""
+    model.num_layers = layers
+    model.embed_dim = width
+    model.num_heads = heads
+    model.num_kv_heads = heads if kv_heads is None else kv_heads
+    model.head_dim = width // heads
+    model.mlp_dim = mlp_ratio * width
+    return model
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every section of a training config at its defaults."""
     config = ml_collections.ConfigDict()

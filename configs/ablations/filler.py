@@ -29,10 +29,8 @@ CIs. The hypothesis: ft_start loses accuracy at depth 0 (the start of the contex
 the control ft_absent.
 """
 
-import ml_collections
-
-from longctx_jax.ablation import variant
-from longctx_jax.config import base_config
+from longctx_jax.ablation import new_ablation, variant
+from longctx_jax.config import base_config, set_model_size
 
 SIZES = {
     "demo": dict(steps=600, ft_steps=60, seeds=(0, 1, 2), eval_examples=128),
@@ -45,12 +43,7 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def baseline(size):
     s = SIZES[size]
     config = base_config()
-    config.model.num_layers = 2
-    config.model.embed_dim = 128
-    config.model.num_heads = 8
-    config.model.num_kv_heads = 8
-    config.model.head_dim = 16
-    config.model.mlp_dim = 512
+    set_model_size(config.model, layers=2, width=128, heads=8)
     config.data.seq_len = 32
     config.data.batch_size = 32
     config.data.task.kind = "filler"
@@ -65,12 +58,7 @@ def baseline(size):
 
 
 def get_config(size="full"):
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
-    s = SIZES[size]
-    ablation = ml_collections.ConfigDict()
-    ablation.name = f"filler_{size}"
-    ablation.runner = "../../experiments/filler.py"  # relative to this file
+    ablation, s = new_ablation("filler", size, SIZES, "../../experiments/filler.py")
     ablation.baseline = baseline(size)
     ablation.seeds = s["seeds"]
     ablation.depths = DEPTHS

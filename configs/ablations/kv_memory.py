@@ -21,8 +21,7 @@ smaller than the sequence evicts as it goes. MHA gets every policy at every capa
 cache and int4 KIVI; the mixer its state. x = payload bytes per sequence (inference/layout.py).
 """
 
-import ml_collections
-
+from longctx_jax.ablation import new_ablation, variant
 from longctx_jax.config import base_config
 
 # The retrieval ablation's MQAR (configs/ablations/retrieval.py): disjoint key and value ranges,
@@ -87,12 +86,7 @@ def model_run(size, name):
 
 
 def get_config(size="full"):
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
-    s = SIZES[size]
-    ablation = ml_collections.ConfigDict()
-    ablation.name = f"kv_memory_{size}"
-    ablation.runner = "../../experiments/kv_memory.py"  # relative to this file
+    ablation, s = new_ablation("kv_memory", size, SIZES, "../../experiments/kv_memory.py")
     ablation.baseline = model_run(size, "mha")
     ablation.seeds = s["seeds"]
     ablation.eval_pairs = s["eval_pairs"]
@@ -106,8 +100,6 @@ def get_config(size="full"):
         changes = () if name == "mha" else ("model.num_kv_heads",)
         if name == "linear":
             changes += ("model.attention.kind",)
-        variants[name] = ml_collections.ConfigDict(
-            dict(config=model_run(size, name), changes=changes)
-        )
+        variants[name] = variant(model_run(size, name), *changes)
     ablation.variants = variants
     return ablation

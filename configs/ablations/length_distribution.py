@@ -29,10 +29,8 @@ tokens, width 128: about 16x the demo's work per step). Scaled from the demo's 1
 10 hours on 2 CPU cores; an estimate, not run here (an accelerator is the place for it).
 """
 
-import ml_collections
-
-from longctx_jax.ablation import variant
-from longctx_jax.config import base_config
+from longctx_jax.ablation import new_ablation, variant
+from longctx_jax.config import base_config, set_model_size
 
 SIZES = {
     "demo": dict(
@@ -101,12 +99,7 @@ def steps_for_budget(token_budget, batch_size, seq_len) -> int:
 def baseline(size):
     s = SIZES[size]
     config = base_config()
-    config.model.num_layers = s["layers"]
-    config.model.embed_dim = s["width"]
-    config.model.num_heads = 4
-    config.model.num_kv_heads = 4
-    config.model.head_dim = s["width"] // 4
-    config.model.mlp_dim = 4 * s["width"]
+    set_model_size(config.model, layers=s["layers"], width=s["width"], heads=4)
     config.data.seq_len = s["seq_len"]
     config.data.batch_size = s["batch"]
     config.data.join_packages = True
@@ -121,12 +114,9 @@ def baseline(size):
 
 
 def get_config(size="full"):
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
-    s = SIZES[size]
-    ablation = ml_collections.ConfigDict()
-    ablation.name = f"length_distribution_{size}"
-    ablation.runner = "../../experiments/length_distribution.py"  # relative to this file
+    ablation, s = new_ablation(
+        "length_distribution", size, SIZES, "../../experiments/length_distribution.py"
+    )
     ablation.baseline = baseline(size)
     ablation.token_budget = s["token_budget"]
     ablation.seeds = s["seeds"]

@@ -11,10 +11,8 @@ stays nearly flat, eval-time YaRN degrades far less than PI without fine-tuning,
 fine-tune at 2x repairs PI and YaRN at 2x.
 """
 
-import ml_collections
-
-from longctx_jax.ablation import variant
-from longctx_jax.config import base_config
+from longctx_jax.ablation import new_ablation, variant
+from longctx_jax.config import base_config, set_model_size
 
 # Train length and steps, model size, batch, eval lengths (x train length), fine-tune steps.
 SIZES = {
@@ -46,12 +44,7 @@ SIZES = {
 def baseline(size):
     s = SIZES[size]
     config = base_config()
-    config.model.num_layers = s["layers"]
-    config.model.embed_dim = s["width"]
-    config.model.num_heads = 4
-    config.model.num_kv_heads = 4
-    config.model.head_dim = s["width"] // 4
-    config.model.mlp_dim = 4 * s["width"]
+    set_model_size(config.model, layers=s["layers"], width=s["width"], heads=4)
     config.data.seq_len = s["seq_len"]
     config.data.batch_size = s["batch"]
     config.train.steps = s["steps"]
@@ -61,12 +54,9 @@ def baseline(size):
 
 
 def get_config(size="full"):
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
-    s = SIZES[size]
-    ablation = ml_collections.ConfigDict()
-    ablation.name = f"position_extrapolation_{size}"
-    ablation.runner = "../../experiments/position_extrapolation.py"  # relative to this file
+    ablation, s = new_ablation(
+        "position_extrapolation", size, SIZES, "../../experiments/position_extrapolation.py"
+    )
     ablation.baseline = baseline(size)
     ablation.eval_multiples = s["multiples"]
     ablation.eval_rope_kinds = ("linear", "ntk", "dynamic", "yarn")

@@ -29,9 +29,7 @@ outgrow its state; the window fails on queries whose pair sits outside it; DSA m
 k covers the pairs and the oracle bounds it.
 """
 
-import ml_collections
-
-from longctx_jax.ablation import variant
+from longctx_jax.ablation import new_ablation, variant
 from longctx_jax.config import base_config
 from longctx_jax.eval.registry import eval_config
 from longctx_jax.model.sparse_config import dense_with_indexer
@@ -172,14 +170,9 @@ def niah_eval(size, *, rope_kind="default"):
 
 
 def get_config(size="full"):
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
-    s = SIZES[size]
+    ablation, s = new_ablation("retrieval", size, SIZES, "../../experiments/retrieval.py")
     k, sparse_steps = s["top_k"], s["sparse"]
     sparse_lr = s["sparse_lr_fraction"] * s["learning_rate"]
-    ablation = ml_collections.ConfigDict()
-    ablation.name = f"retrieval_{size}"
-    ablation.runner = "../../experiments/retrieval.py"  # relative to this file
     ablation.baseline = baseline(size)
     ablation.seeds = s["seeds"]
     ablation.top_k = k

@@ -24,8 +24,7 @@ cosine ends at 10% of the peak (train/optimizer.py), so 0.1 is the same rule at 
 "after" rows would repeat "before".
 """
 
-import ml_collections
-
+from longctx_jax.ablation import new_ablation, variant
 from longctx_jax.config import base_config
 from longctx_jax.model.sparse_config import dense_with_indexer
 
@@ -104,23 +103,20 @@ def stage(size, init_from, steps, lr_fraction=1.0, **sparse):
     if lr_fraction != 1.0:
         config.train.learning_rate *= lr_fraction
         changes += ("train.learning_rate",)
-    return ml_collections.ConfigDict(dict(config=config, changes=changes))
+    return variant(config, *changes)
 
 
 def get_config(size="full"):
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: expected one of {tuple(SIZES)}")
-    s = SIZES[size]
+    ablation, s = new_ablation(
+        "sparse_attention", size, SIZES, "../../experiments/sparse_attention.py"
+    )
     k, steps, lr = s["top_k"], s["sparse"], s["sparse_lr_fraction"]
-    ablation = ml_collections.ConfigDict()
-    ablation.name = f"sparse_attention_{size}"
-    ablation.runner = "../../experiments/sparse_attention.py"  # relative to this file
     ablation.baseline = baseline(size)
     ablation.top_k = k
     ablation.recall_ks = s["recall_ks"]
     ablation.eval_documents = s["eval_documents"]
     ablation.variants = dict(
-        pretrain=ml_collections.ConfigDict(dict(config=baseline(size), changes=())),
+        pretrain=variant(baseline(size)),
         warmup=stage(size, "@pretrain", s["warmup"], stage="dense_warmup"),
         dense=stage(size, "@warmup", steps, lr),
         dsa=stage(size, "@warmup", steps, lr, top_k=k),
