@@ -214,11 +214,10 @@ def task_spec(task, seq_len) -> TaskSpec:
     if kind == "none":
         raise ValueError("data.task.kind='none': no task rows to make")
     section = _check_section(task, kind)
-    fixed = ("depths",) if kind == "filler" else ("num_pairs", "depths")
-    keywords = {k: section[k] for k in section if k not in fixed}
+    drawn = ("depths",) if kind == "filler" else ("num_pairs", "depths")  # per example
+    keywords = {k: section[k] for k in section if k not in drawn}
     num_pairs, depths = (), ()
     if kind == "filler":
-        depths = _check_depths(section.depths, kind=kind)
         for field in ("key_range", "value_range", "filler_range"):
             keywords[field] = tuple(section[field])
     if kind == "mqar":
@@ -226,7 +225,7 @@ def task_spec(task, seq_len) -> TaskSpec:
         for field in ("key_range", "value_range"):
             keywords[field] = _check_optional_range(section[field], kind=kind, field=field)
         checks.check_choice("data", "task.mqar.noise", section.noise, NOISE_KINDS)
-    elif kind in ("niah", "passkey"):
+    elif kind in ("niah", "passkey", "filler"):
         depths = _check_depths(section.depths, kind=kind)
     if kind == "niah":
         checks.check_choice("data", "task.niah.variant", section.variant, tuple(NIAH_VARIANTS))

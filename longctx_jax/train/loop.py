@@ -124,6 +124,11 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
     clock = dict(time=time.perf_counter(), step=start)
     pending = None  # (step, metrics, data scalars) dispatched but not yet fetched
 
+    def logged(step):
+        """Whether `step` gets a record: every log_every steps, the last, and after evaluations."""
+        evaluated = registry.due(config.evals, step, final=step == steps)
+        return step % log_every == 0 or step == steps or bool(evaluated)
+
     def fetch(extra=None, now=None):
         """Waits for the pending step, checks it is finite, and logs it if due (with `extra`:
         the step's evaluations; `now`: when the step had finished, if evaluations followed)."""
@@ -139,7 +144,7 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
                 f"{float(metrics['grad_norm'])}, or an updated parameter is not finite; stopping "
                 f"(the last checkpoint, step {manager.latest_step()}, is finite)"
             )
-        if step % log_every == 0 or step == steps or extra:
+        if logged(step):
             now = time.perf_counter() if now is None else now
             rate = (step - clock["step"]) * tokens_per_step / (now - clock["time"])
             clock.update(time=now, step=step)
@@ -173,7 +178,8 @@ def _loop(run: Run, state, start: int, data, manager, workdir: Path, is_main: bo
                 state, metrics = run.step(state, batch)  # dispatch step t ...
             fetch()  # ... then check and log step t - 1 while step t runs
             done = step + 1
-            pending = (done, metrics, data.stats.scalars())
+            # the counts as of this step's batch, computed only for a step that is logged
+            pending = (done, metrics, data.stats.scalars() if logged(done) else {})
             progress.update(1)
             evaluate(done)  # outside the mesh scope: evaluators run on the params' own devices
             if done % config.train.checkpoint_every == 0 or done == steps:
