@@ -62,10 +62,15 @@ def pair_distance_histogram(segment_ids, positions, *, max_distance) -> np.ndarr
     in any token order) contributes n - d pairs at d; any other set of positions is counted
     exactly from its position multiplicities m: counts[d] = sum_p m[p] * m[p + d].
     """
-    max_distance = _check_max_distance(max_distance)
+    return _pairs_and_lengths(segment_ids, positions, _check_max_distance(max_distance))[0]
+
+
+def _pairs_and_lengths(segment_ids, positions, max_distance):
+    """(pair_distance_histogram, int64 length of every segment): one pass over the segments."""
     counts = np.zeros(max_distance + 1, np.int64)
-    run_lengths = []
+    lengths, run_lengths = [], []
     for pos in _segments(segment_ids, positions):
+        lengths.append(len(pos))
         lo, hi = pos.min(), pos.max()
         if hi - lo + 1 == len(pos) and len(np.unique(pos)) == len(pos):
             run_lengths.append(len(pos))
@@ -76,7 +81,7 @@ def pair_distance_histogram(segment_ids, positions, *, max_distance) -> np.ndarr
         counts[:n] += auto[:n]
     if run_lengths:
         counts += _run_pairs(np.asarray(run_lengths, np.int64), max_distance)
-    return counts
+    return counts, np.asarray(lengths, np.int64)
 
 
 def _run_pairs(lengths, max_distance) -> np.ndarray:
@@ -91,17 +96,6 @@ def _run_pairs(lengths, max_distance) -> np.ndarray:
     counts = np.zeros(max_distance + 1, np.int64)
     counts[inside] = tokens[d[inside]] - d[inside] * longer[d[inside]]
     return counts
-
-
-def segment_lengths(segment_ids) -> np.ndarray:
-    """int64 lengths of every segment (id > 0) of a [T] or [B, T] array, row by row: the
-    document pieces a packed batch holds."""
-    ids = np.atleast_2d(np.asarray(segment_ids))
-    lengths = []
-    for row in ids:
-        _, count = np.unique(row[row > 0], return_counts=True)
-        lengths.append(count)
-    return np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
 
 
 def _weighted_median(values, weights) -> float:
@@ -154,11 +148,11 @@ class TrainedDistances:
         self.batches = 0
 
     def update(self, batch) -> None:
-        segment_ids, positions = batch["segment_ids"], batch["positions"]
-        self.pairs += pair_distance_histogram(segment_ids, positions, max_distance=self.seq_len - 1)
-        self.piece_lengths += np.bincount(segment_lengths(segment_ids), minlength=self.seq_len + 1)[
-            : self.seq_len + 1
-        ]
+        pairs, pieces = _pairs_and_lengths(
+            batch["segment_ids"], batch["positions"], self.seq_len - 1
+        )
+        self.pairs += pairs
+        self.piece_lengths += np.bincount(pieces, minlength=self.seq_len + 1)
         self.batches += 1
 
     def state(self) -> dict:
