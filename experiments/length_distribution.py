@@ -42,7 +42,7 @@ def evaluate_run(ablation, config, run_dir) -> dict:
     lengths = [train_len * m for m in ablation.eval_multiples]
     stats = json.loads((Path(run_dir) / "data_stats.json").read_text())
     _, params = load_model(run_dir)
-    same_text = dict(num_documents=ablation.eval_windows, min_doc_len=max(lengths) + 1)
+    same_text = dict(num_documents=ablation.eval_documents, min_doc_len=max(lengths) + 1)
     out = dict(
         pairs=stats["pairs"],
         piece_lengths=stats.get("piece_lengths_stats"),

@@ -78,7 +78,7 @@ def test_evaluate_summarize_table_and_figure(tmp_path):
             seeds=(0, 1),
             token_budget=128,
             eval_multiples=(1, 2),
-            eval_windows=2,
+            eval_documents=2,
             recall_examples=2,
             variants=dict(as_is_masked=ml_collections.ConfigDict(dict(config=config, changes=()))),
         )

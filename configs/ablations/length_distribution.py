@@ -42,7 +42,7 @@ SIZES = {
         distributions=("as_is", "short"),
         seeds=(0, 1, 2),
         eval_multiples=(1, 2, 4),
-        eval_windows=16,
+        eval_documents=16,
         recall_examples=16,
     ),
     "full": dict(
@@ -54,7 +54,7 @@ SIZES = {
         distributions=("as_is", "short", "uniform", "power_law", "prolong", "upsample"),
         seeds=(0, 1, 2),
         eval_multiples=(1, 2, 4),
-        eval_windows=48,
+        eval_documents=48,
         recall_examples=32,
     ),
 }
@@ -121,7 +121,7 @@ def get_config(size="full"):
     ablation.token_budget = s["token_budget"]
     ablation.seeds = s["seeds"]
     ablation.eval_multiples = s["eval_multiples"]
-    ablation.eval_windows = s["eval_windows"]
+    ablation.eval_documents = s["eval_documents"]
     ablation.recall_examples = s["recall_examples"]
     variants = {}
     for name in s["distributions"]:
