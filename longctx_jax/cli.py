@@ -90,6 +90,15 @@ _TEMPERATURE = flags.DEFINE_float(
 _TOP_P = flags.DEFINE_float("top_p", None, "nucleus sampling: keep the most likely tokens up to p")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "requests generated together")
+_STOP_TOKEN = flags.DEFINE_integer(
+    "stop_token", None, "end a completion at this token (a byte: 10 = newline); not included"
+)
+_WAL = flags.DEFINE_string(
+    "wal", None, "a write-ahead log directory: rerunning after SIGTERM or kill -9 resumes exactly"
+)
+_WAL_FSYNC_EVERY = flags.DEFINE_integer(
+    "wal_fsync_every", 1, "fsync the WAL every N decode steps; 0 = only at preemption and exit"
+)
 _CACHE_POLICY = flags.DEFINE_string(
     "cache_policy", "full", "KV cache policy: full | window | sinks | h2o | tova | knorm | snapkv"
 )
@@ -350,11 +359,15 @@ def generate_command() -> None:
         raise app.UsageError("--prompts_file needs --out=OUT.jsonl")
     if _PROMPT.value is not None and _OUT.value is not None:
         raise app.UsageError("--out goes with --prompts_file (--prompt prints its completion)")
+    if _WAL.value is not None and _PROMPTS_FILE.value is None:
+        raise app.UsageError("--wal goes with --prompts_file")
     from longctx_jax.train import preemption
 
-    # No checkpoint to save here: SIGTERM / Ctrl-C stop at once (OUT appears only when complete).
+    # Without a WAL there is nothing to save: SIGTERM / Ctrl-C stop at once (OUT appears only
+    # when complete). With one, the engine saves the running batch and exits 0.
     stopped = preemption.requested()
-    preemption.uninstall()
+    if _WAL.value is None:
+        preemption.uninstall()
     if stopped:
         _exit("longctx generate", f"stopped by {stopped}; nothing written")
     from longctx_jax.inference import requests
@@ -378,24 +391,32 @@ def generate_command() -> None:
         sampling=sampling,
         cache=cache,
         seed=_SEED.value,
+        stop_token=_STOP_TOKEN.value,
     )
     if _PROMPT.value is not None:
         print(
             _one_line("generate", lambda: requests.generate_text(workdir, _PROMPT.value, **options))
         )
         return
-    count = _one_line(
-        "generate",
-        lambda: requests.generate_file(
-            workdir,
-            _PROMPTS_FILE.value,
-            _OUT.value,
-            batch_size=_BATCH_SIZE.value,
-            progress=True,
-            **options,
-        ),
-    )
-    print(f"wrote {_OUT.value}: {count} completions of {max_new_tokens} tokens")
+    try:
+        count = _one_line(
+            "generate",
+            lambda: requests.generate_file(
+                workdir,
+                _PROMPTS_FILE.value,
+                _OUT.value,
+                batch_size=_BATCH_SIZE.value,
+                wal=_WAL.value,
+                wal_fsync_every=_WAL_FSYNC_EVERY.value or None,
+                should_stop=preemption.requested,
+                progress=True,
+                **options,
+            ),
+        )
+    except requests.Preempted as stop:
+        print(f"longctx generate: {stop}", file=sys.stderr)
+        sys.exit(0)
+    print(f"wrote {_OUT.value}: {count} completions of up to {max_new_tokens} tokens")
 
 
 def bench_attention() -> None:
@@ -585,7 +606,8 @@ COMMANDS = {
             "longctx generate --workdir RUN (--prompt TEXT | --prompts_file IN.jsonl --out "
             "OUT.jsonl)\n"
             "                 --max_new_tokens N [--temperature T --top_k K --top_p P --seed S]\n"
-            "                 [--cache_policy P --cache_capacity C --cache_bits B]",
+            "                 [--cache_policy P --cache_capacity C --cache_bits B]\n"
+            "                 [--stop_token T] [--wal DIR --wal_fsync_every N]",
             (
                 "workdir",
                 "step",
@@ -593,6 +615,9 @@ COMMANDS = {
                 "prompts_file",
                 "out",
                 "max_new_tokens",
+                "stop_token",
+                "wal",
+                "wal_fsync_every",
                 "temperature",
                 "top_k",
                 "top_p",
@@ -609,6 +634,10 @@ COMMANDS = {
                 "--top_k or --top_p is given. A request's sampled tokens depend on --seed and\n"
                 "its line in IN.jsonl only, not on --batch_size or its neighbours. OUT.jsonl\n"
                 "keeps the input's order and is written only once every request is done.\n"
+                "With --wal DIR every token is logged before the next is decoded; SIGTERM\n"
+                "saves the running batch's KV caches and exits 0, and rerunning the same\n"
+                "command (after SIGTERM or kill -9) writes exactly the uninterrupted output\n"
+                "(longctx_jax/inference/engine.py, wal.py).\n"
                 "Cache policies and storage: longctx_jax/inference/spec.py."
             ),
             flag_help={

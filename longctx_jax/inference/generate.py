@@ -58,7 +58,7 @@ def generate(
         sampling = sampling.validate()
     b, p = prompts.shape
     max_length = p + max_new_tokens
-    _check_fits(cfg, spec, int(prompt_lengths.max()) + max_new_tokens, max_length)
+    check_fits(cfg, spec, int(prompt_lengths.max()) + max_new_tokens, max_length)
     chunk = _check_chunk(chunk_size, p)
     if request_ids is None:
         request_ids = np.arange(b, dtype=np.int32)
@@ -84,8 +84,7 @@ def _generate(cfg, spec, sampling, chunk, steps, params, prompts, lengths, reque
     b, p = prompts.shape
     model = DecoderLM(cfg)
     caches = allocate(cfg, b, spec, p + steps)
-    logits, caches = _prefill(model, params, caches, prompts, lengths, chunk)
-    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    last, caches = prefill_prompts(model, params, caches, prompts, lengths, chunk)
 
     def step(carry, i):
         last_logits, caches = carry
@@ -93,18 +92,30 @@ def _generate(cfg, spec, sampling, chunk, steps, params, prompts, lengths, reque
         token = sample(
             last_logits, seed=seed, request_ids=request_ids, positions=position, sampling=sampling
         )
-        logits, caches = model.apply(
-            params,
-            token[:, None],
-            positions=position[:, None],
-            segment_ids=jnp.zeros((b, 1), jnp.int32),
-            caches=caches,
-            method="extend",
-        )
-        return (logits[:, 0], caches), token
+        return decode_step(model, params, caches, token, position), token
 
     _, tokens = jax.lax.scan(step, (last, caches), jnp.arange(steps, dtype=jnp.int32))
     return tokens.T
+
+
+def prefill_prompts(model, params, caches, prompts, lengths, chunk: int):
+    """(logits float32 [B, V] at each row's last prompt token, caches) after feeding the prompts
+    `chunk` tokens at a time: how every generation starts."""
+    logits, caches = _prefill(model, params, caches, prompts, lengths, chunk)
+    return jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0], caches
+
+
+def decode_step(model, params, caches, tokens, positions):
+    """(logits float32 [B, V] after, caches): one token int32 [B] per row fed at its position."""
+    logits, caches = model.apply(
+        params,
+        tokens[:, None],
+        positions=positions[:, None],
+        segment_ids=jnp.zeros((tokens.shape[0], 1), jnp.int32),
+        caches=caches,
+        method="extend",
+    )
+    return logits[:, 0], caches
 
 
 def _prefill(model, params, caches, tokens, lengths, chunks: int | tuple[int, ...]):
@@ -178,7 +189,7 @@ def cached_logits(
     spec = (cache or CacheSpec()).validate()
     t = tokens.shape[1]
     max_length = t if max_length is None else max_length
-    _check_fits(cfg, spec, int(lengths.max()), max_length)
+    check_fits(cfg, spec, int(lengths.max()), max_length)
     if isinstance(chunk_size, list | tuple):
         chunks = tuple(_check_chunk(size, t) for size in chunk_size)
     else:
@@ -246,7 +257,7 @@ def _check_prompts(cfg, prompts, prompt_lengths):
     return jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lengths, jnp.int32)
 
 
-def _check_fits(cfg, spec: CacheSpec, needed: int, max_length: int) -> None:
+def check_fits(cfg, spec: CacheSpec, needed: int, max_length: int) -> None:
     """ValueError, before compiling, when a "full" cache cannot hold the sequence."""
     spec = resolve_spec(cfg, spec, max_length)
     if spec.policy == "full" and spec.capacity < needed and cfg.attention.kind != "linear":

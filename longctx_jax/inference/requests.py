@@ -19,19 +19,23 @@ leaves no half-written OUT.jsonl, and every input error is raised before anythin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from longctx_jax import checks
 from longctx_jax.data import vocab
+from longctx_jax.inference import engine
 from longctx_jax.inference.generate import generate
 from longctx_jax.inference.sampling import Sampling
 from longctx_jax.inference.spec import CacheSpec
+from longctx_jax.inference.wal import WriteAheadLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +94,23 @@ def sampling_from(temperature=None, top_k=None, top_p=None) -> Sampling | None:
     return Sampling(1.0 if temperature is None else temperature, top_k, top_p).validate()
 
 
+def encode_prompts(model_config, prompts: list[str]) -> list[np.ndarray]:
+    """The byte tokens of each prompt; ValueError for a model without the byte vocabulary, no
+    prompts, or an empty one."""
+    if model_config.vocab_size != vocab.VOCAB_SIZE:
+        raise ValueError(
+            f"model.vocab_size={model_config.vocab_size}: expected {vocab.VOCAB_SIZE} (prompts "
+            "and completions are byte-level text)"
+        )
+    if not prompts:
+        raise ValueError("prompts: expected at least one prompt")
+    encoded = [vocab.encode(p) for p in prompts]
+    empty = [i for i, tokens in enumerate(encoded) if tokens.size == 0]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} is empty: expected at least one byte")
+    return encoded
+
+
 def complete(
     model_config,
     params,
@@ -101,9 +122,11 @@ def complete(
     cache: CacheSpec | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    stop_token: int | None = None,
     progress: bool = False,
 ) -> list[str]:
-    """The completions (text of `max_new_tokens` new tokens) of text `prompts`.
+    """The completions (text of `max_new_tokens` new tokens, cut before any `stop_token`) of
+    text `prompts`.
 
     `params` as `DecoderLM.apply` takes them (`{"params": ...}`). `request_ids` (default
     0, 1, ...) key each prompt's sampling noise. All batches have min(batch_size, len(prompts))
@@ -111,21 +134,11 @@ def complete(
     """
     checks.check_positive_int("generate", "max_new_tokens", max_new_tokens)
     checks.check_positive_int("generate", "batch_size", batch_size)
-    if model_config.vocab_size != vocab.VOCAB_SIZE:
-        raise ValueError(
-            f"model.vocab_size={model_config.vocab_size}: expected {vocab.VOCAB_SIZE} (prompts "
-            "and completions are byte-level text)"
-        )
+    encoded = encode_prompts(model_config, prompts)
     n = len(prompts)
-    if n == 0:
-        raise ValueError("prompts: expected at least one prompt")
     request_ids = np.arange(n) if request_ids is None else np.asarray(request_ids)
     if request_ids.shape != (n,):
         raise ValueError(f"request_ids has shape {request_ids.shape}: expected ({n},)")
-    encoded = [vocab.encode(p) for p in prompts]
-    empty = [i for i, tokens in enumerate(encoded) if tokens.size == 0]
-    if empty:
-        raise ValueError(f"prompt {empty[0]} is empty: expected at least one byte")
     lengths = np.array([tokens.size for tokens in encoded], np.int32)
     rows, width = min(batch_size, n), int(lengths.max())
 
@@ -159,8 +172,16 @@ def complete(
         )
         new_BT = np.asarray(new_BT)
         for row, i in enumerate(range(start, stop)):
-            completions[i] = vocab.decode(new_BT[row])
+            completions[i] = completion_text(new_BT[row], stop_token)
     return completions
+
+
+def completion_text(tokens, stop_token: int | None) -> str:
+    """The text of new tokens, up to (not including) the first `stop_token`."""
+    tokens = [int(t) for t in tokens]
+    if stop_token in tokens:
+        tokens = tokens[: tokens.index(stop_token)]
+    return vocab.decode(np.asarray(tokens, np.int32))
 
 
 def _load(workdir, step):
@@ -170,9 +191,11 @@ def _load(workdir, step):
     return model_config, {"params": params}
 
 
-def _check_options(max_new_tokens, sampling, cache, seed, batch_size):
+def _check_options(max_new_tokens, sampling, cache, seed, batch_size, stop_token=None):
     checks.check_positive_int("generate", "max_new_tokens", max_new_tokens)
     checks.check_positive_int("generate", "batch_size", batch_size)
+    if stop_token is not None:
+        checks.check_int("generate", "stop_token", stop_token, minimum=0, below=vocab.VOCAB_SIZE)
     # `generate` keys the noise with an int32 seed.
     checks.check_int("generate", "seed", seed, minimum=-(2**31), below=2**31)
     if sampling is not None:
@@ -189,9 +212,10 @@ def generate_text(
     sampling: Sampling | None = None,
     cache: CacheSpec | None = None,
     seed: int = 0,
+    stop_token: int | None = None,
 ) -> str:
     """The completion of one prompt (request id 0) by the run in `workdir` at `step`."""
-    _check_options(max_new_tokens, sampling, cache, seed, 1)
+    _check_options(max_new_tokens, sampling, cache, seed, 1, stop_token)
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt={prompt!r}: expected a non-empty string")
     model_config, params = _load(workdir, step)
@@ -203,6 +227,7 @@ def generate_text(
         sampling=sampling,
         cache=cache,
         seed=seed,
+        stop_token=stop_token,
     )
     return completion
 
@@ -218,13 +243,22 @@ def generate_file(
     cache: CacheSpec | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    stop_token: int | None = None,
+    wal=None,
+    wal_fsync_every: int | None = 1,
+    should_stop=None,
     progress: bool = False,
 ) -> int:
     """Writes `out` (JSONL, one completion per request of `prompts_file`, in its order) with the
     run in `workdir` at `step`; returns the number of requests. Every input is checked (options,
     the whole prompts file, the checkpoint) before anything is generated, and `out` appears only
-    once complete."""
-    _check_options(max_new_tokens, sampling, cache, seed, batch_size)
+    once complete.
+
+    With `wal` (a directory) the requests run through the resumable engine (engine.py, wal.py):
+    when `should_stop()` turns true it saves the running batch's caches, logs, and raises
+    `Preempted`; calling again with the same arguments resumes and writes exactly what an
+    uninterrupted call writes, without decoding finished requests again."""
+    _check_options(max_new_tokens, sampling, cache, seed, batch_size, stop_token)
     out = Path(out)
     if out.exists() and out.resolve() == Path(prompts_file).resolve():
         raise ValueError(f"out={str(out)!r}: is the prompts file; expected another path")
@@ -232,24 +266,91 @@ def generate_file(
         raise ValueError(f"out={str(out)!r}: is a directory; expected a file path")
     requests = read_requests(prompts_file)
     model_config, params = _load(workdir, step)
-    completions = complete(
-        model_config,
-        params,
-        [r.prompt for r in requests],
+    options = dict(
         max_new_tokens=max_new_tokens,
-        request_ids=[r.line for r in requests],
         sampling=sampling,
         cache=cache,
         seed=seed,
         batch_size=batch_size,
-        progress=progress,
+        stop_token=stop_token,
     )
+    prompts = [r.prompt for r in requests]
+    if wal is None:
+        completions = complete(
+            model_config,
+            params,
+            prompts,
+            request_ids=[r.line for r in requests],
+            progress=progress,
+            **options,
+        )
+    else:
+        completions = _complete_with_wal(
+            model_config, params, requests, wal, wal_fsync_every, should_stop, progress, options
+        )
     lines = [
         json.dumps({"id": r.id, "completion": c}, ensure_ascii=False) + "\n"
         for r, c in zip(requests, completions, strict=True)
     ]
     _write_atomically(out, "".join(lines))
     return len(requests)
+
+
+class Preempted(Exception):
+    """`generate_file` stopped on request; its WAL holds everything needed to resume."""
+
+    def __init__(self, outcome: engine.Outcome, wal):
+        super().__init__(
+            f"preempted after {outcome.decoded} new tokens; the running batch's caches and the "
+            f"log are in {wal}; rerun the same command to resume"
+        )
+        self.outcome = outcome
+
+
+def _complete_with_wal(
+    model_config, params, requests, wal, fsync_every, should_stop, progress, options
+):
+    """The completions of `requests` decoded through the WAL in directory `wal`."""
+    encoded = encode_prompts(model_config, [r.prompt for r in requests])
+    sampling, cache = options["sampling"], options["cache"] or CacheSpec()
+    fingerprint = {
+        "model_sha256": _params_digest(model_config, params),
+        "requests_sha256": hashlib.sha256(
+            json.dumps([[r.id, r.prompt, r.line] for r in requests]).encode()
+        ).hexdigest(),
+        "requests": len(requests),
+        **{k: v for k, v in options.items() if k not in ("sampling", "cache")},
+        "sampling": None if sampling is None else dataclasses.asdict(sampling.validate()),
+        "cache": dataclasses.asdict(cache.validate()),
+    }
+    with WriteAheadLog.open(
+        wal,
+        fingerprint,
+        num_requests=len(requests),
+        vocab_size=vocab.VOCAB_SIZE,
+        fsync_every=fsync_every,
+    ) as log:
+        outcome = engine.decode_requests(
+            model_config,
+            params,
+            encoded,
+            log=log,
+            lines=[r.line for r in requests],
+            should_stop=should_stop,
+            progress=progress,
+            **options,
+        )
+    if outcome.preempted:
+        raise Preempted(outcome, wal)
+    return [completion_text(tokens, options["stop_token"]) for tokens in log.tokens]
+
+
+def _params_digest(model_config, params) -> str:
+    """sha256 of the model config and every parameter's bytes: which model a WAL belongs to."""
+    digest = hashlib.sha256(model_config.to_json_best_effort(sort_keys=True).encode())
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
 
 
 def _write_atomically(path: Path, text: str) -> None:

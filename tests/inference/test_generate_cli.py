@@ -19,6 +19,7 @@ from longctx_jax.data import vocab
 from longctx_jax.inference import requests
 from longctx_jax.inference.generate import generate
 from longctx_jax.inference.spec import CacheSpec
+from longctx_jax.inference.wal import RECORD_BYTES
 from longctx_jax.run import load_model
 from longctx_jax.train.loop import train
 
@@ -122,6 +123,72 @@ def test_sampled_completion_is_independent_of_batching(run, tmp_path):
         run, file, tmp_path / "reseeded.jsonl", batch_size=3, **(options | dict(seed=seed + 1))
     )
     assert read_out(tmp_path / "reseeded.jsonl") != outputs[3]
+
+
+# Runs `longctx generate` in a process that signals itself on its Nth append to the WAL: a real
+# SIGTERM or SIGKILL through the CLI, at a chosen token. "torn" writes half of that append first.
+INTERRUPTED = """
+import os, signal, sys
+after, how = int(sys.argv[1]), sys.argv[2]
+write, appends = os.write, [0]
+def interrupting_write(fd, data):
+    if not os.readlink(f"/proc/self/fd/{fd}").endswith("tokens.wal"):
+        return write(fd, data)
+    appends[0] += 1
+    if appends[0] == after and how == "torn":
+        write(fd, data[: len(data) // 2 + 3])
+        os.kill(os.getpid(), signal.SIGKILL)
+    written = write(fd, data)
+    if appends[0] == after:
+        os.kill(os.getpid(), getattr(signal, how))
+    return written
+os.write = interrupting_write
+from longctx_jax import cli
+sys.argv = ["longctx", "generate", *sys.argv[3:]]
+cli.run()
+"""
+
+
+def test_cli_wal_resumes_exactly_after_sigterm_and_kill(run, tmp_path):
+    """SIGTERM (caches saved, exit 0, nothing written), then kill -9 in the middle of an append,
+    at random tokens; rerunning the same command writes exactly the uninterrupted completions;
+    a WAL written for another seed is refused, untouched."""
+    rng = np.random.default_rng(seed_for("test_cli_wal_resumes_exactly_after_sigterm_and_kill"))
+    prompts = write_prompts(tmp_path / "in.jsonl", PROMPTS)
+    out, wal = tmp_path / "out.jsonl", tmp_path / "wal"
+    args = [
+        "--workdir", run, "--prompts_file", prompts, "--out", out, "--max_new_tokens", 12,
+        "--batch_size", 2, "--temperature", 1.5, "--seed", 5, "--stop_token", 10, "--wal", wal,
+    ]  # fmt: skip
+    expected = tmp_path / "expected.jsonl"
+    options = dict(max_new_tokens=12, batch_size=2, seed=5, stop_token=10)
+    sampling = requests.sampling_from(temperature=1.5)
+    requests.generate_file(run, prompts, expected, sampling=sampling, **options)
+
+    def interrupted(after, how):
+        command = [sys.executable, "-c", INTERRUPTED, str(after), how, *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    # Each process counts its own appends (one per decode step); a batch decodes <= 12 steps.
+    first, second = rng.integers(1, 6, size=2)
+    stopped = interrupted(first, "SIGTERM")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "longctx generate: preempted after" in stopped.stderr
+    assert (wal / "cache" / "snapshot.json").exists() and not out.exists()
+    killed = interrupted(second, "torn")
+    assert killed.returncode == -9 and not out.exists()
+    assert (wal / "tokens.wal").stat().st_size % RECORD_BYTES != 0  # the torn record
+    done = longctx(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_text() == expected.read_text()
+
+    log = (wal / "tokens.wal").read_bytes()
+    reseeded = [str(a) for a in args]
+    reseeded[reseeded.index("--seed") + 1] = "6"
+    refused = longctx(*reseeded)
+    assert refused.returncode == 1
+    assert "meta.json: this WAL was written for seed=5, this command has seed=6" in refused.stderr
+    assert (wal / "tokens.wal").read_bytes() == log and out.read_text() == expected.read_text()
 
 
 @pytest.mark.parametrize(
