@@ -75,12 +75,15 @@ class MemoryLog:
 
 @dataclasses.dataclass
 class Outcome:
-    """What one call did. `decoded`: tokens sampled; `replayed`: logged tokens fed on resuming,
-    to bring a restored or rebuilt cache up to the log; `restored`: batches resumed from a saved
-    cache; `rebuilt`: batches resumed by prefilling again (the reason for each in `notes`)."""
+    """What one call did. `decoded`: tokens sampled; `prefilled`: prompt tokens prefilled;
+    `replayed`: logged tokens fed again on resuming, to bring a restored or rebuilt cache up to
+    the log (each row's last logged token is not counted: an uninterrupted run feeds it next
+    anyway); `restored`: batches resumed from a saved cache; `rebuilt`: batches resumed by
+    prefilling again (the reason for each in `notes`)."""
 
     preempted: bool
     decoded: int = 0
+    prefilled: int = 0
     replayed: int = 0
     restored: int = 0
     rebuilt: int = 0
@@ -236,7 +239,7 @@ class _Batch:
         for row, i in enumerate(self.members):
             if i is not None and step < len(log.tokens[i]):
                 tokens[row] = log.tokens[i][step]
-                outcome.replayed += 1
+                outcome.replayed += step < len(log.tokens[i]) - 1
         return _feed(
             self.cfg, params, caches, jnp.asarray(tokens), jnp.asarray(self.lengths + step)
         )
@@ -251,13 +254,12 @@ class _Batch:
             outcome.rebuilt += 1
             outcome.notes.append(f"batch {index}: {why}; prefilled again")
         max_length = self.prompts.shape[1] + self.max_new_tokens
-        logits, caches = _start(
-            self.cfg,
-            self.spec,
-            max_length,
-            params,
-            jnp.asarray(self.prompts),
-            jnp.asarray(self.lengths),
+        prompts, lengths = jnp.asarray(self.prompts), jnp.asarray(self.lengths)
+        logits, caches = _start(self.cfg, self.spec, max_length, params, prompts, lengths)
+        outcome.prefilled += sum(
+            int(self.lengths[row])
+            for row, i in enumerate(self.members)
+            if i is not None and i not in log.finished
         )
         return caches, 0, logits
 

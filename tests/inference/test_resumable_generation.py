@@ -151,7 +151,8 @@ def test_finished_requests_are_not_decoded_again(model, tmp_path):
     assert first.preempted and first.decoded == 2 * 3
     with open_wal(tmp_path / "wal", len(prompts)) as log:
         second = decode(model, prompts, log, stop_token=None)
-    assert not second.preempted and second.restored == 1 and second.replayed == 2
+    assert not second.preempted and second.restored == 1 and second.replayed == 0
+    assert second.decoded == NEW * len(prompts) - first.decoded
     with open_wal(tmp_path / "wal", len(prompts)) as log:
         third = decode(model, prompts, log, stop_token=None)
     assert third.decoded == third.replayed == third.restored == third.rebuilt == 0
