@@ -151,6 +151,9 @@ def summarize(ablation, measured) -> dict:
                 tokens_decoded=mean_ci([r["decoded"] for r in runs]),
                 tokens_prefilled=mean_ci([r["prefilled"] for r in runs]),
                 tokens_replayed=mean_ci([r["replayed"] for r in runs]),
+                tokens_processed=mean_ci(
+                    [r["decoded"] + r["prefilled"] + r["replayed"] for r in runs]
+                ),
                 preemptions=mean_ci([r["preemptions"] for r in runs]),
                 identical_fraction=mean_ci(identical),
                 histogram=np.bincount(pooled - 1, minlength=max_length).tolist(),
@@ -166,21 +169,27 @@ def summarize(ablation, measured) -> dict:
 
 def format_table(results) -> str:
     lines = [
-        f"{'hazard':>8} {'strategy':<14}{'mean length':>16}{'KS p':>10}{'identical':>12}"
+        f"{'hazard':>8} {'strategy':<14}{'mean length':>14}{'KS p':>10}{'identical':>13}"
         f"{'decoded':>18}{'prefilled':>16}{'replayed':>16}"
     ]
     for hazard, per_strategy in results["hazards"].items():
         for strategy, r in per_strategy.items():
             predicted = r.get("predicted_mean_length")
             lines.append(
-                f"{hazard:>8} {strategy:<14}{format_mean_ci(r['mean_length']):>16}"
-                f"{r['ks_pvalue']:>10.2g}{format_mean_ci(r['identical_fraction']):>12}"
-                f"{format_mean_ci(r['tokens_decoded']):>18}"
-                f"{format_mean_ci(r['tokens_prefilled']):>16}"
-                f"{format_mean_ci(r['tokens_replayed']):>16}"
+                f"{hazard:>8} {strategy:<14}{format_mean_ci(r['mean_length']):>14}"
+                f"{r['ks_pvalue']:>10.2g}{format_mean_ci(r['identical_fraction']):>13}"
+                f"{_count(r['tokens_decoded']):>18}{_count(r['tokens_prefilled']):>16}"
+                f"{_count(r['tokens_replayed']):>16}"
                 + ("" if predicted is None else f"   (closed form: {predicted:.2f})")
             )
     return "\n".join(lines)
+
+
+def _count(ci) -> str:
+    """A token count's mean ± half its 95% interval, in whole tokens."""
+    if ci["ci_low"] is None:
+        return f"{ci['mean']:.0f}"
+    return f"{ci['mean']:.0f}±{(ci['ci_high'] - ci['ci_low']) / 2:.0f}"
 
 
 def run(ablation, workdir) -> dict:

@@ -148,6 +148,7 @@ def test_summary_table_and_figure(tmp_path):
     assert wal["mean_length"]["values"] == [2.5, 3.0]
     assert wal["histogram"] == [1, 3, 1, 3]
     assert regenerate["identical_fraction"]["values"] == [0.25, 0.0]
+    assert regenerate["tokens_processed"]["values"] == [5 + 3 + 12 + 2] * 2
     # closed form: pooled uninterrupted counts [1, 3, 1, 3] x 0.5^(ℓ-1), normalised
     weights = np.array([1, 3 * 0.5, 0.25, 3 * 0.125])
     assert regenerate["predicted_histogram"] == pytest.approx(weights / weights.sum())

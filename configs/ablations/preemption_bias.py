@@ -1,8 +1,8 @@
 """The preemption-bias experiment: regenerating interrupted requests from scratch biases outputs
 short; a write-ahead log (or a deterministic stack) does not, and the log is the cheapest.
 
-  longctx ablate --config configs/ablations/preemption_bias.py:demo   # ~5 min on 2 CPU cores
-  longctx ablate --config configs/ablations/preemption_bias.py        # full: ~40 min (estimate)
+  longctx ablate --config configs/ablations/preemption_bias.py:demo   # 9 min on 2 CPU cores
+  longctx ablate --config configs/ablations/preemption_bias.py        # full: ~2 h (estimate)
 
 One small byte LM is trained on the standard library (the single variant "model"); then
 `decode.requests` held-out prompts ending mid-line are completed to the end of their line under

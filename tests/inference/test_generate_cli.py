@@ -3,6 +3,7 @@ completions of a prompts file equal `generate` called here request by request; a
 completion does not depend on the batch size or its neighbours; ids and order are kept; bad input
 is refused with one line before anything is written."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -152,7 +153,7 @@ cli.run()
 def test_cli_wal_resumes_exactly_after_sigterm_and_kill(run, tmp_path):
     """SIGTERM (caches saved, exit 0, nothing written), then kill -9 in the middle of an append,
     at random tokens; rerunning the same command writes exactly the uninterrupted completions;
-    a WAL written for another seed is refused, untouched."""
+    a WAL written for another seed, or held by another engine, is refused, untouched."""
     rng = np.random.default_rng(seed_for("test_cli_wal_resumes_exactly_after_sigterm_and_kill"))
     prompts = write_prompts(tmp_path / "in.jsonl", PROMPTS)
     out, wal = tmp_path / "out.jsonl", tmp_path / "wal"
@@ -189,6 +190,11 @@ def test_cli_wal_resumes_exactly_after_sigterm_and_kill(run, tmp_path):
     assert refused.returncode == 1
     assert "meta.json: this WAL was written for seed=5, this command has seed=6" in refused.stderr
     assert (wal / "tokens.wal").read_bytes() == log and out.read_text() == expected.read_text()
+
+    with open(wal / "lock", "r+") as held:  # another engine holds the WAL
+        fcntl.flock(held, fcntl.LOCK_EX)
+        locked = longctx(*args)
+    assert locked.returncode == 1 and "another engine (pid " in locked.stderr
 
 
 @pytest.mark.parametrize(
