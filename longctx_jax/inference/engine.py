@@ -177,7 +177,7 @@ class _Batch:
         logged = min(len(log.tokens[i]) for i in active)
         caches, fed, logits = self._resume(params, log, index, logged, outcome)
         for step in range(fed, logged):  # logged tokens the cache lacks: fed, not sampled
-            logits, caches = self._feed(params, caches, log, step, outcome)
+            logits, caches = self._replay(params, caches, log, step, outcome)
         for step in range(logged, self.max_new_tokens):
             tokens = self._next_tokens(logits, log, step, outcome)
             if not any(i is not None and i not in log.finished for i in self.members):
@@ -234,7 +234,8 @@ class _Batch:
         outcome.decoded += len(new)
         return tokens
 
-    def _feed(self, params, caches, log, step: int, outcome: Outcome):
+    def _replay(self, params, caches, log, step: int, outcome: Outcome):
+        """Feeds logged token `step` of every row that has one (a resumed cache catching up)."""
         tokens = np.zeros_like(self.lengths)
         for row, i in enumerate(self.members):
             if i is not None and step < len(log.tokens[i]):

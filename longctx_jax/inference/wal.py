@@ -82,7 +82,7 @@ class WriteAheadLog:
         engine holds its lock, or when a record is corrupt."""
         if fsync_every is not None and (not isinstance(fsync_every, int) or fsync_every < 1):
             raise ValueError(f"wal fsync_every={fsync_every!r}: expected None or an int >= 1")
-        directory = Path(directory)
+        directory = Path(directory).absolute()  # orbax saves the caches to absolute paths only
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"wal={str(directory)!r}: is a file; expected a directory")
         if not directory.parent.is_dir():

@@ -143,9 +143,15 @@ def test_engine_equals_generate(model, sampling):
         assert log.tokens[row] == expected
 
 
-def test_finished_requests_are_not_decoded_again(model, tmp_path):
+def test_finished_requests_are_not_decoded_again(model, tmp_path, monkeypatch):
     prompts = prompts_for(3)
     calls = iter([False, False, True])  # stop after the third step of the first batch
+    monkeypatch.chdir(tmp_path)
+    with open_wal("wal", len(prompts)) as log:  # a relative path: the caches land beside it
+        first = decode(model, prompts, log, stop_token=None, should_stop=lambda: next(calls, False))
+    assert (tmp_path / "wal" / "cache" / "snapshot.json").exists()
+    shutil.rmtree(tmp_path / "wal")
+    calls = iter([False, False, True])
     with open_wal(tmp_path / "wal", len(prompts)) as log:
         first = decode(model, prompts, log, stop_token=None, should_stop=lambda: next(calls, False))
     assert first.preempted and first.decoded == 2 * 3
