@@ -1,7 +1,7 @@
 """The preemption-bias experiment: regenerating interrupted requests from scratch biases outputs
 short; a write-ahead log (or a deterministic stack) does not, and the log is the cheapest.
 
-  longctx ablate --config configs/ablations/preemption_bias.py:demo   # 9 min on 2 CPU cores
+  longctx ablate --config configs/ablations/preemption_bias.py:demo   # 8 min on 2 CPU cores
   longctx ablate --config configs/ablations/preemption_bias.py        # full: ~2 h (estimate)
 
 One small byte LM is trained on the standard library (the single variant "model"); then
