@@ -70,15 +70,15 @@ class KVCache:
     def capacity(self) -> int:
         return self.positions.shape[1]
 
-    def attend(self, q, k, v, *, positions, segment_ids, index_features=None):
+    def attend(self, q, k, v, *, positions, segment_ids, window, index_features=None):
         """New tokens' q [B, T, N, H], k, v [B, T, K, H] (after RoPE) -> (out [B, T, N, H],
-        the cache with them written)."""
+        the cache with them written); `window` is the layer's sliding window (None = full)."""
         cfg = self.model
         if segment_ids is None:
             segment_ids = jnp.zeros(positions.shape, jnp.int32)
         new = dict(keys=k, values=v, positions=positions, segment_ids=segment_ids)
         if self.spec.kernel and q.shape[1] == 1:
-            return self._kernel_decode(q, new)
+            return self._kernel_decode(q, new, window)
         cached_k, cached_v = self.read(k.dtype)
         q_pos, kv_pos = positions, jnp.concatenate([self.positions, positions], axis=1)
         if self.spec.policy == "sinks":
@@ -89,7 +89,7 @@ class KVCache:
         values = jnp.concatenate([cached_v, v.astype(cached_v.dtype)], axis=1)
         mask = AttentionMask(
             causal=True,
-            window=cfg.attention.window,
+            window=window,
             q_positions=q_pos,
             kv_positions=kv_pos,
             q_segment_ids=segment_ids,
@@ -122,7 +122,7 @@ class KVCache:
 
     # -- attention ---------------------------------------------------------------------------
 
-    def _kernel_decode(self, q, new: dict):
+    def _kernel_decode(self, q, new: dict, window):
         """A decode step through the split-K kernel (pallas_kernels/decode_attention): the new
         token is written first, then the kernel reads the stored cache (codes dequantised
         on chip), so the new token's own key and value are read back quantised too."""
@@ -144,7 +144,7 @@ class KVCache:
             q_segment_ids=new["segment_ids"],
             kv_segment_ids=cache.segment_ids,
             causal=True,
-            window=cfg.attention.window,
+            window=window,
             scale=cfg.head_dim**-0.5,
             soft_cap=cfg.attention.logits_soft_cap,
             slopes=model_alibi_slopes(cfg),

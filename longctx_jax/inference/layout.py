@@ -1,9 +1,10 @@
 """Allocating a model's caches, and counting the bytes they really hold.
 
 `allocate(model_config, batch, spec, max_length)` builds one empty cache per layer for sequences
-of up to `max_length` tokens: a `KVCache` of `spec.capacity` slots (default `max_length`; a model
-with `attention.window = w` and a "full" spec gets a ring buffer of w slots, which is exact for
-it), or a `LinearCache` for the linear mixer.
+of up to `max_length` tokens: a `KVCache` of `spec.capacity` slots (default `max_length`; a layer
+with a sliding window w, from `attention.window` or its entry of `attention.layer_windows`, and a
+"full" spec gets a ring buffer of w slots, which is exact for it), or a `LinearCache` for the
+linear mixer.
 
 `capacity_for_budget(model_config, spec, budget_bytes)` turns a byte budget into slots, so
 every policy and quantisation can be compared at the same bytes.
@@ -26,17 +27,18 @@ from longctx_jax import checks
 from longctx_jax.inference import kivi
 from longctx_jax.inference.cache import EMPTY, KVCache, LinearCache, storage_dtype
 from longctx_jax.inference.spec import SCORED, CacheSpec, check_spec_for_model
+from longctx_jax.model.config import layer_window
 from longctx_jax.model.linear_mixer import STATE_DTYPE
 from longctx_jax.model.transformer import freeze_model_config
 
 
-def resolve_spec(model_config, spec: CacheSpec, max_length: int) -> CacheSpec:
-    """The spec with its capacity set: its own, else for a model with `attention.window` w <
-    max_length and a "full" float or per-token spec a ring of w slots (policy "window", exact
-    for that model), else max_length."""
+def resolve_spec(model_config, spec: CacheSpec, max_length: int, layer: int = 0) -> CacheSpec:
+    """Layer `layer`'s spec with its capacity set: its own, else for a layer with a sliding
+    window w < max_length (`layer_window`) and a "full" float or per-token spec a ring of w
+    slots (policy "window", exact for that layer), else max_length."""
     if spec.capacity is not None:
         return spec
-    window = model_config.attention.window
+    window = layer_window(model_config, layer)
     if window is not None and window < max_length and spec.policy == "full" and not spec.kivi:
         return dataclasses.replace(spec, policy="window", capacity=window)
     return dataclasses.replace(spec, capacity=max_length)
@@ -45,17 +47,22 @@ def resolve_spec(model_config, spec: CacheSpec, max_length: int) -> CacheSpec:
 def allocate(model_config, batch: int, spec: CacheSpec | None, max_length: int) -> list:
     """One empty cache per layer (module docstring); ValueError for a spec this model cannot use."""
     cfg = freeze_model_config(model_config)
-    spec = resolve_spec(cfg, (spec or CacheSpec()).validate(), max_length)
+    spec = (spec or CacheSpec()).validate()
+    specs = [resolve_spec(cfg, spec, max_length, layer) for layer in range(cfg.num_layers)]
+    empty = {s: _empty_cache(cfg, batch, s, max_length) for s in dict.fromkeys(specs)}
+    return [empty[s] for s in specs]
+
+
+def _empty_cache(cfg, batch: int, spec: CacheSpec, max_length: int):
+    """An empty cache of `spec.capacity` slots (the spec resolved for its layer), or the linear
+    mixer's zero state."""
     capacity = spec.capacity
     check_spec_for_model(spec, cfg, capacity)
     statics = dict(spec=spec, model=cfg, rope_length=max_length)
     b, kh, h = batch, cfg.num_kv_heads, cfg.head_dim
     if cfg.attention.kind == "linear":
         state = jnp.zeros((b, kh, h, h), STATE_DTYPE)
-        return [
-            LinearCache(state=state, length=jnp.zeros((b,), jnp.int32), **statics)
-            for _ in range(cfg.num_layers)
-        ]
+        return LinearCache(state=state, length=jnp.zeros((b,), jnp.int32), **statics)
     dtype = storage_dtype(spec, cfg)
     zeros = jnp.zeros((b, capacity, kh, h), dtype)
     if spec.kivi:
@@ -71,7 +78,7 @@ def allocate(model_config, batch: int, spec: CacheSpec | None, max_length: int) 
     if cfg.attention.kind == "sparse_topk":
         index_dim = cfg.attention.sparse.index_head_dim
         index_keys = jnp.zeros((b, capacity, index_dim), jnp.dtype(cfg.dtype))
-    cache = KVCache(
+    return KVCache(
         keys=keys,
         values=values,
         positions=jnp.zeros((b, capacity), jnp.int32),
@@ -84,7 +91,6 @@ def allocate(model_config, batch: int, spec: CacheSpec | None, max_length: int) 
         recent_values=ring,
         **statics,
     )
-    return [cache] * cfg.num_layers
 
 
 def _nbytes(tree) -> int:
@@ -92,7 +98,8 @@ def _nbytes(tree) -> int:
 
 
 def cache_bytes(caches) -> dict:
-    """{"payload", "bookkeeping", "capacity"}: bytes per row, summed over layers (module doc)."""
+    """{"payload", "bookkeeping", "capacity"}: bytes per row, summed over layers (module doc),
+    and the slots per layer (the largest, when per-layer windows size layers differently)."""
     payload = bookkeeping = 0
     for cache in caches:
         batch = cache.length.shape[0]
@@ -104,7 +111,7 @@ def cache_bytes(caches) -> dict:
         payload += _nbytes(held) // batch
         bookkeeping += _nbytes((cache.positions, cache.segment_ids, cache.order)) // batch
         bookkeeping += _nbytes((cache.scores, cache.length)) // batch
-    capacity = None if isinstance(caches[0], LinearCache) else caches[0].capacity
+    capacity = None if isinstance(caches[0], LinearCache) else max(c.capacity for c in caches)
     return dict(payload=payload, bookkeeping=bookkeeping, capacity=capacity)
 
 

@@ -1,5 +1,9 @@
 """Self-attention block: q/k/v projections, the position scheme, and the one call to `attention()`.
 
+Projections: q, k, v = x @ W (+ a bias with `attention.qkv_bias`, Qwen2); with
+`attention.qk_norm` (Qwen3) each q and k head is RMS-normalised over head_dim before the position
+scheme; out = o @ W_out (+ a bias with `attention.out_bias`).
+
 Position schemes (config `position.kind`):
   rope   q and k rotated by `apply_rope` with frequencies from `rope_frequencies`, computed at trace
          time from the config (`dynamic` and `longrope` read seq_len = the input length T).
@@ -11,7 +15,8 @@ Positions and segment ids ride in the `AttentionMask`, so packed documents, perm
 context-parallel chunks need no special case here. `attend` is the only place attention is
 computed: when the current mesh (`jax.set_mesh`) and logical rules shard `length` over more than
 one device, it calls `context_parallel_attention` with the `attention.context_parallel` strategy.
-`attention.window` (sliding window) rides in the mask too.
+The layer's sliding window (`layer_window`: attention.window, or this layer's entry of
+attention.layer_windows) rides in the mask too.
 
 STRING (`position.string_shift` S > 0, an evaluation-time option): the block also rotates the
 queries at q_pos - S + string_window and hands both rotations to `string_attend`, which reads the
@@ -21,9 +26,9 @@ no context parallelism.
 Decoding with a KV cache (`cache=` a layer cache from longctx_jax/inference/cache.py): the block
 computes q, k, v (RoPE at `cache.rope_length`, a static length, so that dynamic NTK and LongRoPE
 rotate as a forward pass of that length does) and the indexer's features, and hands them to
-`cache.attend(...)` (softmax kinds) or `cache.mix(...)` (the linear mixer), which attends over
-the cached tokens and the new ones and returns (output, the updated cache). The model never
-imports the inference package; the cache object carries that logic.
+`cache.attend(...)` (softmax kinds, with the layer's window) or `cache.mix(...)` (the linear
+mixer), which attends over the cached tokens and the new ones and returns (output, the updated
+cache). The model never imports the inference package; the cache object carries that logic.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ from longctx_jax.attention import (
     string_weights,
 )
 from longctx_jax.attention.ring import context_parallel_attention
-from longctx_jax.model.config import rope_scaling_kwargs
-from longctx_jax.model.layers import normal_init
+from longctx_jax.model.config import layer_window, rope_scaling_kwargs
+from longctx_jax.model.layers import RMSNorm, normal_init
 from longctx_jax.model.linear_mixer import GatedLinearAttention
 from longctx_jax.model.sparse_block import lightning_indexer, sparse_topk_attention
 from longctx_jax.positions import alibi_slopes, apply_rope, rope_frequencies
@@ -142,6 +147,7 @@ class SelfAttention(nn.Module):
     """Pre-normed input [B, T, embed] -> attention output [B, T, embed]."""
 
     cfg: object  # a validated, frozen model config (see `DecoderLM`)
+    layer: int = 0  # the block's index: selects its window from attention.layer_windows
 
     @nn.compact
     def __call__(
@@ -156,6 +162,10 @@ class SelfAttention(nn.Module):
         def kernel(name, std, names, shape):
             return self.param(name, normal_init(std, names), shape, param_dtype).astype(dtype)
 
+        def bias(name, names, shape):
+            init = nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+            return self.param(name, init, shape, param_dtype).astype(dtype)
+
         wq_DNH = kernel("query", cfg.init_std, ("embed", "heads", "head_dim"), (d, n, h))
         wk_DKH = kernel("key", cfg.init_std, ("embed", "kv_heads", "head_dim"), (d, kh, h))
         wv_DKH = kernel("value", cfg.init_std, ("embed", "kv_heads", "head_dim"), (d, kh, h))
@@ -165,6 +175,20 @@ class SelfAttention(nn.Module):
         q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, wq_DNH)
         k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wk_DKH)
         v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, wv_DKH)
+        if cfg.attention.qkv_bias:
+            q_BTNH = q_BTNH + bias("query_bias", ("heads", "head_dim"), (n, h))
+            k_BTKH = k_BTKH + bias("key_bias", ("kv_heads", "head_dim"), (kh, h))
+            v_BTKH = v_BTKH + bias("value_bias", ("kv_heads", "head_dim"), (kh, h))
+        if cfg.attention.qk_norm:
+            norm = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
+            q_BTNH = RMSNorm(**norm, axis_name="head_dim", name="query_norm")(q_BTNH)
+            k_BTKH = RMSNorm(**norm, axis_name="head_dim", name="key_norm")(k_BTKH)
+
+        def project_out(out_BTNH):
+            out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD)
+            if cfg.attention.out_bias:
+                out_BTD = out_BTD + bias("out_bias", ("embed",), (d,))
+            return out_BTD
 
         string = cfg.position.string_shift > 0
         if string and cache is not None:
@@ -192,11 +216,11 @@ class SelfAttention(nn.Module):
             out_BTNH, cache = self._with_cache(
                 cache, x_BTD, q_BTNH, k_BTKH, v_BTKH, positions_BT, segment_ids_BT, rope_length
             )
-            return jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD), cache
+            return project_out(out_BTNH), cache
 
         mask = AttentionMask(
             causal=True,
-            window=cfg.attention.window,
+            window=layer_window(cfg, self.layer),
             q_positions=positions_BT,
             kv_positions=positions_BT,
             q_segment_ids=segment_ids_BT,
@@ -227,7 +251,7 @@ class SelfAttention(nn.Module):
         else:
             out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, mask=mask, cfg=cfg, capture=capture)
         out_BTNH = nn.with_logical_constraint(out_BTNH, ("batch", "length", "heads", "head_dim"))
-        return jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD)
+        return project_out(out_BTNH)
 
     def _with_cache(self, cache, x_BTD, q, k, v, positions_BT, segment_ids_BT, rope_length):
         """(output [B, T, N, H], updated cache) for the new tokens x against `cache`."""
@@ -240,7 +264,13 @@ class SelfAttention(nn.Module):
             indexer = lightning_indexer(cfg, name="indexer")
             features = indexer(x_BTD, positions_BT, seq_len=rope_length)
         return cache.attend(
-            q, k, v, positions=positions_BT, segment_ids=segment_ids_BT, index_features=features
+            q,
+            k,
+            v,
+            positions=positions_BT,
+            segment_ids=segment_ids_BT,
+            window=layer_window(cfg, self.layer),
+            index_features=features,
         )
 
     def _capture(self, name: str, value: jax.Array) -> None:

@@ -26,6 +26,18 @@ Fields (defaults in brackets):
   attention.logits_soft_cap [None]    float c > 0: logits -> c * tanh(logits / c).
   attention.window [None]             int w >= 1: sliding-window attention (a query sees the w
                                       latest positions, itself included); None = unbounded.
+  attention.layer_windows [None]      per-layer sliding windows (Gemma-style alternation): a
+                                      tuple of ints >= 0, 0 = full attention for that layer;
+                                      layer i uses layer_windows[i % len], so a tuple shorter
+                                      than num_layers is a repeating pattern, e.g. (4096, 0).
+                                      Set at most one of window and layer_windows (ValueError
+                                      otherwise); the KV cache of a windowed layer is a ring of
+                                      its window's slots.
+  attention.qkv_bias [False]          learned biases on the q, k, v projections (Qwen2 / 2.5).
+  attention.out_bias [False]          a learned bias on the output projection. Biases start at 0.
+  attention.qk_norm [False]           RMSNorm of each query and key head over head_dim (Qwen3,
+                                      before RoPE): float32, eps = norm_eps, learned scales
+                                      [head_dim] for q and for k, starting at 1.
   attention.context_parallel ["ring"] how attention runs when the mesh shards `length` over
                                       more than one device: "ring" | "all_gather"
                                       (`longctx_jax.attention.ring.STRATEGIES`).
@@ -42,6 +54,8 @@ Fields (defaults in brackets):
   position.rope_scaling.*  [None]     Hugging Face `rope_parameters` names passed as keyword
                                       arguments to `rope_frequencies`; only the fields that are
                                       not None are passed (so every kind reads only what it needs).
+                                      `partial_rotary_factor` f rotates the first
+                                      int(f * head_dim) features of each q and k head only.
   position.string_shift [0]           STRING (An et al., 2024; attention/string_attention.py),
                                       an evaluation-time option: S > 0 reads every pair at
                                       relative distance d >= S at d - S + string_window; 0 = off.
@@ -106,6 +120,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.attention.impl = "auto"
     cfg.attention.logits_soft_cap = config_dict.placeholder(float)
     cfg.attention.window = config_dict.placeholder(int)
+    cfg.attention.layer_windows = config_dict.placeholder(tuple)
+    cfg.attention.qkv_bias = False
+    cfg.attention.out_bias = False
+    cfg.attention.qk_norm = False
     cfg.attention.context_parallel = "ring"
     cfg.attention.kind = "dense"
     cfg.attention.sparse = default_sparse_config()
@@ -128,6 +146,15 @@ def rope_scaling_kwargs(cfg) -> dict:
     """The set (non-None) `position.rope_scaling` fields, as `rope_frequencies` keyword args."""
     scaling = cfg.position.rope_scaling
     return {name: scaling[name] for name in scaling.keys() if scaling[name] is not None}
+
+
+def layer_window(cfg, layer: int) -> int | None:
+    """Layer `layer`'s sliding window (None = full attention): attention.layer_windows repeated
+    over the layers when set, else attention.window."""
+    windows = cfg.attention.layer_windows
+    if windows is None:
+        return cfg.attention.window
+    return windows[layer % len(windows)] or None
 
 
 def validate_model_config(cfg) -> None:
@@ -170,16 +197,9 @@ def validate_model_config(cfg) -> None:
             expected="None or a finite float > 0",
         )
 
-    window = _get(cfg, "attention.window")
-    if window is not None:
-        checks.check_positive_int("model", "attention.window", window)
-        if _get(cfg, "attention.kind") == "linear":
-            raise checks.invalid(
-                "model",
-                "attention.window",
-                window,
-                "None with attention.kind='linear' (the mixer has no attention window)",
-            )
+    for name in ("qkv_bias", "out_bias", "qk_norm"):
+        checks.check_bool("model", f"attention.{name}", _get(cfg, f"attention.{name}"))
+    _validate_windows(cfg)
     kind = checks.check_choice("model", "position.kind", _get(cfg, "position.kind"), POSITION_KINDS)
     _validate_string(cfg)
     validate_sparse_config(cfg)
@@ -210,6 +230,44 @@ def validate_model_config(cfg) -> None:
         raise ValueError(
             f"model.position (rope_kind={rope_kind!r}, rope_scaling={scaling}): {e}"
         ) from e
+
+
+def _validate_windows(cfg) -> None:
+    """attention.window: None or an int >= 1; attention.layer_windows: None or 1 to num_layers
+    ints >= 0, not both set; neither with the linear mixer (it has no attention window)."""
+    window = _get(cfg, "attention.window")
+    if window is not None:
+        checks.check_positive_int("model", "attention.window", window)
+    windows = _get(cfg, "attention.layer_windows")
+    if windows is not None:
+        if (
+            not isinstance(windows, tuple | list)
+            or not 1 <= len(windows) <= cfg.num_layers
+            or not all(checks.is_int(w) and w >= 0 for w in windows)
+        ):
+            raise checks.invalid(
+                "model",
+                "attention.layer_windows",
+                windows,
+                f"None or a tuple of 1 to num_layers={cfg.num_layers} ints >= 0 (per-layer "
+                "windows, 0 = full attention; a shorter tuple repeats over the layers)",
+            )
+        if window is not None:
+            raise checks.invalid(
+                "model",
+                "attention.layer_windows",
+                windows,
+                f"None with attention.window={window} (set one: attention.window for every "
+                "layer, or attention.layer_windows per layer)",
+            )
+    for field, value in (("attention.window", window), ("attention.layer_windows", windows)):
+        if value is not None and _get(cfg, "attention.kind") == "linear":
+            raise checks.invalid(
+                "model",
+                field,
+                value,
+                "None with attention.kind='linear' (the mixer has no attention window)",
+            )
 
 
 def _validate_string(cfg) -> None:

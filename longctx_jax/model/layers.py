@@ -53,17 +53,19 @@ class Embedding(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * scale, computed in float32, returned in `dtype`; scale [embed] starts at 1."""
+    """x / rms(x) * scale over the last axis, computed in float32, returned in `dtype`; scale
+    [last axis] starts at 1; `axis_name` is that axis' logical name (`head_dim` for q/k norms)."""
 
     eps: float
     dtype: Dtype
     param_dtype: Dtype
+    axis_name: str = "embed"
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         scale = self.param(
             "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
             (x_BTD.shape[-1],),
             self.param_dtype,
         )

@@ -23,8 +23,9 @@ Two more entry points, for tests and notebooks:
 Initialisation: embeddings, q/k/v, SwiGLU gate/up and an untied head ~ normal(init_std = 0.02);
 the projections that write into the residual stream (attention out, SwiGLU down) ~
 normal(init_std / sqrt(2 * num_layers)) (GPT-2 / Megatron), so the residual stream's variance at
-init does not grow with depth; RMSNorm scales start at 1. Inputs are not scaled by sqrt(embed_dim)
-(every block and the head start with an RMSNorm).
+init does not grow with depth; RMSNorm scales (the q/k norms' too) start at 1 and the optional
+attention biases at 0. Inputs are not scaled by sqrt(embed_dim) (every block and the head start
+with an RMSNorm).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class DecoderBlock(nn.Module):
     """x + attn(norm(x)), then + swiglu(norm(x)); [B, T, embed] in and out."""
 
     cfg: Any
+    layer: int = 0  # index in the stack (selects the layer's attention window)
 
     @nn.compact
     def __call__(
@@ -66,7 +68,7 @@ class DecoderBlock(nn.Module):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         norm = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
         h = RMSNorm(**norm, name="attention_norm")(x_BTD)
-        attended = SelfAttention(cfg, name="attention")(
+        attended = SelfAttention(cfg, self.layer, name="attention")(
             h, positions_BT, segment_ids_BT, capture_attention, cache
         )
         if cache is not None:
@@ -111,7 +113,7 @@ class DecoderLM(nn.Module):
         )
         # self, x, positions, segment_ids, capture_attention: the flag (index 4) is static.
         block = nn.remat(DecoderBlock, static_argnums=(4,)) if cfg.remat else DecoderBlock
-        self.blocks = [block(cfg) for _ in range(cfg.num_layers)]
+        self.blocks = [block(cfg, layer) for layer in range(cfg.num_layers)]
         self.final_norm = RMSNorm(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
         if not cfg.tie_embeddings:
             self.head = self.param(
