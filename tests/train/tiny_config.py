@@ -31,6 +31,9 @@ TINY_MODEL_FLAGS = [
     "--config.model.num_kv_heads=1",
     "--config.model.head_dim=16",
     "--config.model.mlp_dim=128",
+    # the quickest to compile (the CLI tests are not about the attention implementation; the
+    # trainer's default `auto` is covered by the in-process tests of tiny_config())
+    "--config.model.attention.impl=reference",
     "--config.data.seq_len=64",
     # configs/quickstart.py's evaluators, as small as they go
     "--config.evals.ppl.lengths=(64,)",
