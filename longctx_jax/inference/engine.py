@@ -171,7 +171,7 @@ class _Batch:
     def run(self, params, log, index: int, should_stop, outcome: Outcome) -> bool:
         """Decodes this batch to the end (False) or until `should_stop` (True, caches saved)."""
         self._close_finished(log)
-        active = [i for i in self.members if i is not None and i not in log.finished]
+        active = self._active(log)
         if not active:
             return False
         logged = min(len(log.tokens[i]) for i in active)
@@ -180,7 +180,7 @@ class _Batch:
             logits, caches = self._replay(params, caches, log, step, outcome)
         for step in range(logged, self.max_new_tokens):
             tokens = self._next_tokens(logits, log, step, outcome)
-            if not any(i is not None and i not in log.finished for i in self.members):
+            if not self._active(log):
                 return False
             if should_stop is not None and should_stop():
                 log.sync()
@@ -191,12 +191,21 @@ class _Batch:
             )
         return False
 
+    def _active(self, log) -> list[int]:
+        """The batch's requests not finished in `log`."""
+        return [i for i in self.members if i is not None and i not in log.finished]
+
+    @property
+    def _max_length(self) -> int:
+        """The length the caches are built for: prompt width + new tokens."""
+        return self.prompts.shape[1] + self.max_new_tokens
+
     def _close_finished(self, log) -> None:
         """Done records for rows whose logged tokens end them (a kill can tear the done record
         off the token record it was written with)."""
         done = []
-        for i in self.members:
-            if i is None or i in log.finished or not log.tokens[i]:
+        for i in self._active(log):
+            if not log.tokens[i]:
                 continue
             if log.tokens[i][-1] == self.stop_token:
                 done.append((i, "stop"))
@@ -207,11 +216,7 @@ class _Batch:
     def _next_tokens(self, logits, log, step: int, outcome: Outcome) -> np.ndarray:
         """Token `step` of every row (logged, else sampled and logged); done records for rows that
         stop here."""
-        missing = [
-            i
-            for i in self.members
-            if i is not None and i not in log.finished and len(log.tokens[i]) == step
-        ]
+        missing = [i for i in self._active(log) if len(log.tokens[i]) == step]
         sampled = None
         if missing:
             positions = jnp.asarray(self.lengths + step)
@@ -254,19 +259,13 @@ class _Batch:
                 return caches, fed, None
             outcome.rebuilt += 1
             outcome.notes.append(f"batch {index}: {why}; prefilled again")
-        max_length = self.prompts.shape[1] + self.max_new_tokens
         prompts, lengths = jnp.asarray(self.prompts), jnp.asarray(self.lengths)
-        logits, caches = _start(self.cfg, self.spec, max_length, params, prompts, lengths)
+        logits, caches = _start(self.cfg, self.spec, self._max_length, params, prompts, lengths)
+        active = set(self._active(log))
         outcome.prefilled += sum(
-            int(self.lengths[row])
-            for row, i in enumerate(self.members)
-            if i is not None and i not in log.finished
+            int(self.lengths[row]) for row, i in enumerate(self.members) if i in active
         )
         return caches, 0, logits
-
-    def _template(self):
-        max_length = self.prompts.shape[1] + self.max_new_tokens
-        return allocate(self.cfg, self.prompts.shape[0], self.spec, max_length)
 
     def _save(self, directory: Path | None, index: int, fed: int, caches) -> None:
         """The batch's caches (every logged token but the last fed) beside the WAL, replacing any
@@ -277,7 +276,7 @@ class _Batch:
         shutil.rmtree(partial, ignore_errors=True)
         leaves = jax.tree.leaves(caches)
         _checkpointer().save(partial / "leaves", leaves)
-        info = {"batch": index, "fed": fed, "sha256": _digest(leaves)}
+        info = {"batch": index, "fed": fed, "sha256": leaves_digest(leaves)}
         (partial / "snapshot.json").write_text(json.dumps(info) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -296,7 +295,7 @@ class _Batch:
             return None, 0, f"the saved cache is of batch {batch} at token {fed}: stale"
         import orbax.checkpoint as ocp
 
-        template = self._template()
+        template = allocate(self.cfg, self.prompts.shape[0], self.spec, self._max_length)
         expected = jax.tree.leaves(template)
         restore = ocp.args.PyTreeRestore(
             item=expected, restore_args=ocp.checkpoint_utils.construct_restore_args(expected)
@@ -305,7 +304,7 @@ class _Batch:
             leaves = _checkpointer().restore(path / "leaves", args=restore)
         except Exception as error:  # orbax raises many types; any means "rebuild"
             return None, 0, f"{path} unreadable ({type(error).__name__})"
-        if _digest(leaves) != info.get("sha256"):
+        if leaves_digest(leaves) != info.get("sha256"):
             return None, 0, f"{path}: checksum mismatch (corrupt)"
         return jax.tree.unflatten(jax.tree.structure(template), leaves), fed, None
 
@@ -318,8 +317,10 @@ def _checkpointer():
     return ocp.PyTreeCheckpointer()
 
 
-def _digest(leaves) -> str:
-    digest = hashlib.sha256()
+def leaves_digest(leaves, prefix: bytes = b"") -> str:
+    """sha256 of `prefix` and every array's bytes, in order: what a saved cache (and a WAL's
+    model) is checked against."""
+    digest = hashlib.sha256(prefix)
     for leaf in leaves:
         digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     return digest.hexdigest()

@@ -347,10 +347,8 @@ def _complete_with_wal(
 
 def _params_digest(model_config, params) -> str:
     """sha256 of the model config and every parameter's bytes: which model a WAL belongs to."""
-    digest = hashlib.sha256(model_config.to_json_best_effort(sort_keys=True).encode())
-    for leaf in jax.tree.leaves(params):
-        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return digest.hexdigest()
+    config = model_config.to_json_best_effort(sort_keys=True).encode()
+    return engine.leaves_digest(jax.tree.leaves(params), prefix=config)
 
 
 def _write_atomically(path: Path, text: str) -> None:
